@@ -1,0 +1,1 @@
+"""Data: the procedural Shapes benchmark generator."""
