@@ -20,6 +20,27 @@ def _cmd_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_base(args: argparse.Namespace) -> int:
+    import logging
+
+    from sharpclip.models.train_base import BaseTrainConfig, train_base
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    record = train_base(BaseTrainConfig(steps=args.steps, seed=args.seed), Path(args.out))
+    print(f"saved to {args.out}: {record['train_seconds']}s, final loss {record['final_loss']}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from sharpclip.eval.retrieval import run_retrieval, to_markdown, write_results
+    from sharpclip.models import load_model
+
+    result = run_retrieval(load_model(args.model), seed=args.seed, size=args.size)
+    write_results(result, Path(args.out))
+    print(to_markdown(result), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every sharpclip command implemented so far."""
     parser = argparse.ArgumentParser(prog="sharpclip", description=__doc__)
@@ -34,6 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train/test specifications never overlap")
     p.add_argument("--image-size", type=int, default=64, help="pixels per side")
     p.set_defaults(func=_cmd_shapes)
+
+    p = sub.add_parser("eval", help="run an evaluation task; writes results.json and results.md")
+    p.add_argument("task", choices=["retrieval"])
+    p.add_argument("--model", default="bundled", help="bundled, a local HF directory or a hub id")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=1000, help="number of single-object test scenes")
+    p.add_argument("--out", default="eval-out", help="output directory")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("train", help="train a model from scratch")
+    train = p.add_subparsers(dest="recipe", required=True)
+    p = train.add_parser("base", help="the bundled model's recipe (small CLIP on Shapes)")
+    p.add_argument("--out", required=True, help="checkpoint directory to write")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_train_base)
     return parser
 
 
@@ -42,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, RuntimeError) as error:
         print(f"sharpclip {args.command}: error: {error}", file=sys.stderr)
         return 1
 
