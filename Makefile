@@ -1,4 +1,5 @@
-# `make test` on a fresh machine: create .venv, install torch (CPU wheel) and the package, run the tests.
+# On a fresh machine: `make demo` or `make test` create .venv, install torch (CPU wheel) and the
+# package, then run the demo or the tests.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,12 +11,15 @@ $(BIN)/sharpclip: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: setup test lint
+.PHONY: setup test lint demo
 setup: $(BIN)/sharpclip
 
 test: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
+
+demo: setup
+	$(BIN)/sharpclip demo
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -49,3 +49,11 @@ def test_eval_retrieval_cli_writes_contract_schema(tmp_path):
 def test_missing_model_directory_is_a_one_line_error(tmp_path, capsys):
     assert main(["eval", "retrieval", "--model", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 1
     assert "nope" in capsys.readouterr().err
+
+
+def test_demo_runs_on_any_checkpoint(tmp_path, capsys):
+    ckpt = save_tiny_clip(tmp_path / "ckpt", image_size=32)
+    assert main(["demo", "--model", str(ckpt), "--size", "40"]) == 0
+    out = capsys.readouterr().out
+    assert "text query: 'a red circle'" in out and "image query" in out
+    assert "image_retrieval_recall@10" in out

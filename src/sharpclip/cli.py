@@ -41,10 +41,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from sharpclip.demo import run_demo
+
+    run_demo(args.model, gallery_size=args.size, seed=args.seed)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every sharpclip command implemented so far."""
     parser = argparse.ArgumentParser(prog="sharpclip", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="offline end-to-end tour on the bundled model")
+    p.add_argument("--model", default="bundled", help="bundled, a local HF directory or a hub id")
+    p.add_argument("--size", type=int, default=500, help="gallery size")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("shapes", help="write a labelled Shapes benchmark set (PNG + labels.jsonl)")
     p.add_argument("--out", required=True, help="output directory")
