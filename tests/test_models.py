@@ -80,3 +80,32 @@ def test_unreachable_hub_id_fails_with_one_clear_line(monkeypatch):
 def test_directory_without_config_is_refused(tmp_path):
     with pytest.raises(ModelLoadError, match="no config.json"):
         load_model(str(tmp_path))
+
+
+def test_clip_token_outputs_pool_to_the_embeddings(checkpoints):
+    model = load_model(str(checkpoints["clip"]), device="cpu")
+    images, texts = _images(), ["a red circle", "two green hexagons and more"]
+    img = model.image_token_outputs(images)
+    assert img.grid == (5, 5) and img.attention.shape == (len(images), 25)
+    assert np.all(img.attention >= 0) and np.all(img.attention.sum(axis=1) <= 1 + 1e-5)
+    proj = model.model.visual_projection.weight.detach().numpy()
+    pooled = img.states[:, 0] @ proj.T
+    pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+    np.testing.assert_allclose(pooled, model.encode_images(images), atol=1e-4)
+    txt = model.text_token_outputs(texts)
+    # this checkpoint has eos_token_id == 2: transformers' legacy rule pools at the highest id
+    ids = model.tokenize(texts)["input_ids"].numpy()
+    np.testing.assert_array_equal(txt.eot_index, ids.argmax(axis=1))
+    proj = model.model.text_projection.weight.detach().numpy()
+    pooled = txt.states[np.arange(len(texts)), txt.eot_index] @ proj.T
+    pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+    np.testing.assert_allclose(pooled, model.encode_texts(texts), atol=1e-4)
+
+
+def test_siglip_token_outputs_shapes(checkpoints):
+    model = load_model(str(checkpoints["siglip"]), device="cpu")
+    img = model.image_token_outputs(_images())
+    assert img.grid == (4, 4) and img.attention.shape == (4, 16)
+    np.testing.assert_allclose(img.attention.sum(axis=1), 1.0, atol=1e-5)
+    txt = model.text_token_outputs(["a red circle"])
+    assert txt.eot_index[0] == txt.states.shape[1] - 1

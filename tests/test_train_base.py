@@ -26,6 +26,7 @@ def test_trained_checkpoint_loads_and_pools_at_eos(tmp_path):
     pooled = model.model.text_projection(hidden[torch.arange(len(texts)), eos])
     expected = torch.nn.functional.normalize(pooled, dim=-1).detach().numpy()
     np.testing.assert_allclose(model.encode_texts(texts), expected, atol=1e-5)
+    np.testing.assert_array_equal(model.text_token_outputs(texts).eot_index, eos.numpy())
 
 
 def test_training_is_deterministic_from_seed(tmp_path):

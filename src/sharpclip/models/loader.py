@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from sharpclip.models.preprocess import ImagePreprocessor
+from sharpclip.models.tokens import TokenOutput, image_tokens, text_tokens
 
 SUPPORTED = ("clip", "siglip")
 BUNDLED_DIR = Path(__file__).parent / "bundled"
@@ -119,6 +120,22 @@ class EmbeddingModel:
                     tokens.pop("attention_mask", None)  # SigLIP is trained without one
                 parts.append(self._normalise(self.model.get_text_features(**tokens).pooler_output))
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
+
+
+    def image_token_outputs(self, images: list[Image.Image]) -> TokenOutput:
+        """Last-layer token states and CLS attention of the vision tower (see models/tokens.py)."""
+        import torch
+
+        with torch.inference_mode():
+            pixels = torch.from_numpy(self.preprocess.batch(images)).to(self.device)
+            return image_tokens(self, pixels)
+
+    def text_token_outputs(self, texts: list[str]) -> TokenOutput:
+        """Last-layer token states, EOT index and EOT attention of the text tower."""
+        import torch
+
+        with torch.inference_mode():
+            return text_tokens(self, texts)
 
 
 def load_model(spec: str = "bundled", device: str | None = None) -> EmbeddingModel:
