@@ -242,14 +242,10 @@ def render(spec: SceneSpec, image_size: int, rng: np.random.Generator) -> Image.
 
 
 def _phrase(obj: ShapeObject, rng: np.random.Generator, with_size: bool) -> str:
-    def syn(word: str) -> str:
-        options = _SYNONYMS.get(word, (word,))
-        return options[rng.integers(len(options))]
-
     size = f"{obj.size} " if with_size else ""
     if rng.random() < 0.5:
-        return f"{size}{obj.colour} {syn(obj.fill)} {syn(obj.shape)}"
-    return f"{size}{obj.colour} {syn(obj.shape)} {_FILL_PHRASE[obj.fill]}"
+        return f"{size}{obj.colour} {_synonym(obj.fill, rng)} {_synonym(obj.shape, rng)}"
+    return f"{size}{obj.colour} {_synonym(obj.shape, rng)} {_FILL_PHRASE[obj.fill]}"
 
 
 def _a(phrase: str) -> str:
@@ -290,13 +286,12 @@ def captions(spec: SceneSpec, rng: np.random.Generator, n: int = 3) -> list[str]
                     f"{_a(obj.colour)} {_SYNONYMS[obj.shape][0]}, {_FILL_PHRASE[obj.fill]}",
                     f"{_a(p)} on a {spec.background} background",
                     f"{_a(p)} on the {spec.position}",
-                    f"a picture of {_a(syn_shape(obj, rng))}, {obj.colour}, {_FILL_PHRASE[obj.fill]}"][t])
+                    f"a picture of {_a(_synonym(obj.shape, rng))}, {obj.colour}, {_FILL_PHRASE[obj.fill]}"][t])
     return out
 
 
-def syn_shape(obj: ShapeObject, rng: np.random.Generator) -> str:
-    """A random synonym of the object's shape name."""
-    options = _SYNONYMS[obj.shape]
+def _synonym(word: str, rng: np.random.Generator) -> str:
+    options = _SYNONYMS.get(word, (word,))
     return options[rng.integers(len(options))]
 
 

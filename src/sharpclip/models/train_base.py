@@ -58,9 +58,8 @@ def train_tokenizer(config: BaseTrainConfig, n_captions: int = 20000):
 
     corpus = []
     for kind in ("single", "pair"):
-        cfg = shapes.ShapesConfig(kind=kind, size=n_captions // 2, seed=config.seed, image_size=16)
         rng = np.random.default_rng(config.seed)
-        for _ in range(cfg.size):
+        for _ in range(n_captions // 2):
             corpus.extend(shapes.captions(shapes.random_spec(rng, kind), rng))
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
