@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from sharpclip.data import shapes
+from sharpclip.models.train_base import BaseTrainConfig
 
 
 def _cmd_shapes(args: argparse.Namespace) -> int:
@@ -23,10 +24,13 @@ def _cmd_shapes(args: argparse.Namespace) -> int:
 def _cmd_train_base(args: argparse.Namespace) -> int:
     import logging
 
-    from sharpclip.models.train_base import BaseTrainConfig, train_base
+    from sharpclip.models.train_base import train_base
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    record = train_base(BaseTrainConfig(steps=args.steps, seed=args.seed), Path(args.out))
+    config = BaseTrainConfig(steps=args.steps, seed=args.seed, batch_size=args.batch_size,
+                             image_size=args.image_size, width=args.width, layers=args.layers,
+                             shared_colour_fraction=args.shared_colour_fraction)
+    record = train_base(config, Path(args.out))
     print(f"saved to {args.out}: {record['train_seconds']}s, final loss {record['final_loss']}")
     return 0
 
@@ -81,8 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     train = p.add_subparsers(dest="recipe", required=True)
     p = train.add_parser("base", help="the bundled model's recipe (small CLIP on Shapes)")
     p.add_argument("--out", required=True, help="checkpoint directory to write")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--seed", type=int, default=0)
+    defaults = BaseTrainConfig()
+    p.add_argument("--steps", type=int, default=defaults.steps)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--image-size", type=int, default=defaults.image_size, help="input pixels")
+    p.add_argument("--width", type=int, default=defaults.width, help="transformer width")
+    p.add_argument("--layers", type=int, default=defaults.layers, help="layers per tower")
+    p.add_argument("--shared-colour-fraction", type=float, default=defaults.shared_colour_fraction,
+                   help="share of batches whose scenes all have one colour and fill")
     p.set_defaults(func=_cmd_train_base)
     return parser
 

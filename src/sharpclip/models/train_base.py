@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,7 @@ class BaseTrainConfig:
     lr: float = 1e-3
     warmup: int = 200
     pair_fraction: float = 0.25
+    shared_colour_fraction: float = 0.3  # batches of single scenes sharing one colour and fill
 
 
 def train_tokenizer(config: BaseTrainConfig, n_captions: int = 20000):
@@ -79,15 +80,31 @@ def train_tokenizer(config: BaseTrainConfig, n_captions: int = 20000):
 
 
 def _batch(config: BaseTrainConfig, rng: np.random.Generator, pre: ImagePreprocessor):
+    """One training batch. In a "shared" batch every scene has one colour and fill, so only shape,
+    size, count, position and background tell the captions apart: colour alone is easy to learn
+    and would otherwise dominate the contrastive signal."""
     images, texts = [], []
+    shared = None
+    if rng.random() < config.shared_colour_fraction:
+        shared = (list(shapes.COLOURS)[rng.integers(len(shapes.COLOURS))],
+                  shapes.FILLS[rng.integers(len(shapes.FILLS))])
     for _ in range(config.batch_size):
-        kind = "pair" if rng.random() < config.pair_fraction else "single"
-        spec = shapes.random_spec(rng, kind)
+        kind = "pair" if shared is None and rng.random() < config.pair_fraction else "single"
+        spec = _draw_spec(rng, kind, shared)
         while shapes.spec_split(spec) != "train":
-            spec = shapes.random_spec(rng, kind)
+            spec = _draw_spec(rng, kind, shared)
         images.append(pre(shapes.render(spec, config.image_size, rng)))
         texts.append(shapes.captions(spec, rng, n=1)[0])
     return np.stack(images), texts
+
+
+def _draw_spec(rng: np.random.Generator, kind: str, shared: tuple[str, str] | None):
+    spec = shapes.random_spec(rng, kind)
+    if shared is None:
+        return spec
+    colour, fill = shared
+    objects = tuple(replace(obj, colour=colour, fill=fill) for obj in spec.objects)
+    return replace(spec, objects=objects)
 
 
 def train_base(config: BaseTrainConfig, out: Path) -> dict:
