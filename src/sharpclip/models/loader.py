@@ -142,6 +142,9 @@ def load_model(spec: str = "bundled", device: str | None = None) -> EmbeddingMod
     """Load ``bundled``, a local HF checkpoint directory, or a hub id (CLIP or SigLIP)."""
     import torch
     from transformers import AutoConfig, AutoTokenizer, CLIPModel, SiglipModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # loading a local checkpoint takes well under a second
 
     path = _resolve(spec)
     config_file = path / "config.json"
