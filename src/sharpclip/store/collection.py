@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sharpclip.store.search_index import AnnIndex, SearchConfig, exact_topk, needs_ann
+
 SCHEMA_VERSION = 1
 DB_NAME = "collection.sqlite"
 IMAGE_SET = "image"
@@ -220,7 +222,7 @@ class Collection:
         """Close the database connection."""
         self._db.close()
 
-    def __enter__(self) -> Collection:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
@@ -394,6 +396,49 @@ class Collection:
 
     def _bump_generation(self) -> None:
         self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+
+    # -- search ---------------------------------------------------------------------------------
+
+    def live_mask(self, rows: int | None = None) -> np.ndarray:
+        """Boolean mask over the image vector set's rows: True where a live item points."""
+        live, _ = self.live_rows()
+        mask = np.zeros(self.vectors().shape[0] if rows is None else rows, dtype=bool)
+        mask[live] = True
+        return mask
+
+    def nearest(self, queries: np.ndarray, k: int, exact: bool | None = None,
+                config: SearchConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores, rows) of live items per query: exact scan while the collection is
+        below ``config.ann_threshold`` or when ``exact``; otherwise the HNSW index, brought up to
+        date with the items first (built on first use, then updated incrementally)."""
+        config = config or SearchConfig()
+        vectors = self.vectors()
+        live, _ = self.live_rows()
+        if exact or not needs_ann(len(live), config.ann_threshold):
+            mask = np.zeros(len(vectors), dtype=bool)
+            mask[live] = True
+            return exact_topk(vectors, queries, k, valid=mask)
+        return self._synced_ann(vectors, live, config).search(queries, k)
+
+    def _synced_ann(self, vectors: np.ndarray, live: np.ndarray, config: SearchConfig) -> AnnIndex:
+        file = self.path / "index" / f"{IMAGE_SET}.faiss"
+        index = AnnIndex.load(file) if file.exists() else None
+        if index is not None and index.needs_rebuild:
+            index = None
+        if index is None:
+            index = AnnIndex.build(np.asarray(vectors[live]), live, config)
+        else:
+            indexed = index.rows_[~index.deleted_]
+            stale = np.setdiff1d(indexed, live)
+            fresh = np.setdiff1d(live, indexed)
+            if not (stale.size or fresh.size):
+                return index
+            index.remove(stale)
+            if fresh.size:
+                index.add(np.asarray(vectors[fresh]), fresh)
+        file.parent.mkdir(exist_ok=True)
+        index.save(file)
+        return index
 
     # -- derived caches -------------------------------------------------------------------------
 

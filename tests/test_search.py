@@ -1,0 +1,134 @@
+"""Searching a collection: text, image, --like, conditions, deletions, exact vs ANN, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sharpclip.cli import main
+from sharpclip.data import shapes
+from sharpclip.ingest import IndexConfig
+from sharpclip.models import load_model
+from sharpclip.store.collection import Collection
+from sharpclip.store.search_index import SearchConfig
+
+INLINE = IndexConfig(workers=0, batch_size=16, progress=False)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("bundled")
+
+
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory, model):
+    """120 labelled single-object scenes indexed into a collection."""
+    root = tmp_path_factory.mktemp("gallery")
+    labels = {}
+    for i, sample in enumerate(shapes.generate(shapes.ShapesConfig(size=120, seed=11, max_count=1))):
+        path = root / "images" / f"s{i:03d}.png"
+        path.parent.mkdir(exist_ok=True)
+        sample.image.save(path)
+        labels[str(path)] = sample.spec
+    coll = Collection.create(root / "c.sc", model)
+    coll.add([root / "images"], config=INLINE)
+    return coll, labels
+
+
+def test_text_search_finds_the_named_colour(gallery):
+    coll, labels = gallery
+    hits = coll.search(text="a photo of a red shape", k=5).hits
+    assert len(hits) == 5 and all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+    assert all(labels[h.path].objects[0].colour == "red" for h in hits)
+
+
+def test_like_and_image_queries_find_the_item_itself(gallery):
+    coll, labels = gallery
+    path = sorted(labels)[7]
+    assert coll.search(like=path, k=3).hits[0].path == path
+    assert coll.search(image=path, k=3).hits[0].path == path
+
+
+def test_condition_ranks_by_that_condition_and_cache_follows_generation(gallery):
+    coll, labels = gallery
+    query = sorted(labels)[3]
+    colour = labels[query].objects[0].colour
+    hits = coll.search(like=query, k=6, condition="colour").hits
+    assert sum(labels[h.path].objects[0].colour == colour for h in hits) >= 5
+    cached = sorted(p.name for p in (coll.path / "cache").glob("*.npy"))
+    assert len(cached) == 2
+    again = coll.search(like=query, k=6, condition="colour").hits
+    assert [h.path for h in again] == [h.path for h in hits]
+    with pytest.raises(ValueError, match="compares images"):
+        coll.search(text="red", condition="colour")
+    with pytest.raises(ValueError, match="colour"):
+        coll.search(like=query, condition="no-such-condition")
+
+
+def test_removed_items_never_come_back(tmp_path, model):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, sample in enumerate(shapes.generate(shapes.ShapesConfig(size=30, seed=12))):
+        sample.image.save(folder / f"x{i:02d}.png")
+    coll = Collection.create(tmp_path / "c.sc", model)
+    coll.add([folder], config=INLINE)
+    target = folder / "x05.png"
+    assert coll.search(image=target, k=1).hits[0].path == str(target)
+    with coll.writing():
+        assert coll.remove([target]) == 1
+    for exact in (True, False):
+        found = {h.path for h in coll.search(image=target, k=30, exact=exact).hits}
+        assert str(target) not in found and len(found) == 29
+    scores, rows = coll.nearest(coll.model.encode_texts(["a star"]), 30,
+                                config=SearchConfig(ann_threshold=1))
+    removed_row = int(np.setdiff1d(np.arange(30), coll.live_rows()[0])[0])
+    assert removed_row not in rows[0].tolist()
+
+
+def test_ann_agrees_with_exact(gallery):
+    coll, _ = gallery
+    queries = coll.model.encode_texts([f"a photo of a {c} {s}" for c in ("red", "blue", "green")
+                                       for s in ("circle", "star", "square")])
+    _, exact_rows = coll.nearest(queries, 10, exact=True)
+    _, ann_rows = coll.nearest(queries, 10, config=SearchConfig(ann_threshold=1))
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(ann_rows, exact_rows)])
+    assert recall >= 0.95
+    assert (coll.path / "index" / "image.faiss").exists()
+
+
+def test_real_photos_end_to_end_through_the_cli(tmp_path, capsys):
+    data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    (folder / "cats").mkdir(parents=True)
+    for name in ("astronaut", "coffee", "rocket", "camera", "horse"):
+        Image.fromarray(getattr(data, name)()).save(folder / f"{name}.jpg", quality=92)
+    for name in ("chelsea", "cat"):
+        Image.fromarray(getattr(data, name)()).save(folder / "cats" / f"{name}.png")
+    coll = str(tmp_path / "photos.sc")
+    assert main(["index", str(folder), "-c", coll, "--workers", "0", "-q"]) == 0
+    assert "indexed 7 new" in capsys.readouterr().out
+    assert main(["search", "a cat", "-c", coll, "-k", "7", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert len(result["hits"]) == 7 and result["query"]["text"] == "a cat"
+    assert set(result["timing_ms"]) == {"encode", "search"}
+    # A re-encoded, resized copy of a photo finds the original first.
+    copy = tmp_path / "query.jpg"
+    Image.fromarray(data.coffee()).resize((300, 200)).save(copy, quality=70)
+    assert main(["search", "--image", str(copy), "-c", coll, "-k", "3", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert Path(hits[0]["path"]).name == "coffee.jpg"
+    assert main(["search", "--like", str(folder / "cats" / "cat.png"), "-c", coll, "-k", "2"]) == 0
+    assert "cat.png" in capsys.readouterr().out.splitlines()[0]
+    assert main(["remove", str(folder / "cats"), "-c", coll]) == 0
+    assert "removed 2 items" in capsys.readouterr().out
+    assert main(["status", "-c", coll, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["items"], status["failed"]) == (5, 0)
+    assert main(["search", "--like", str(folder / "cats" / "cat.png"), "-c", coll]) == 1
+    assert "not an indexed item" in capsys.readouterr().err
+    assert main(["index", str(folder), "-c", coll, "--model", str(tmp_path / "nope"), "-q"]) == 1
