@@ -36,12 +36,19 @@ def _cmd_train_base(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from sharpclip.eval.retrieval import run_retrieval, to_markdown, write_results
     from sharpclip.models import load_model
 
-    result = run_retrieval(load_model(args.model), seed=args.seed, size=args.size)
-    write_results(result, Path(args.out))
-    print(to_markdown(result), end="")
+    if args.task == "conditional":
+        from sharpclip.eval import conditional as task
+
+        size = args.size or 5000
+        result = task.run_conditional(load_model(args.model), seed=args.seed, size=size)
+    else:
+        from sharpclip.eval import retrieval as task
+
+        result = task.run_retrieval(load_model(args.model), seed=args.seed, size=args.size or 1000)
+    task.write_results(result, Path(args.out))
+    print(task.to_markdown(result), end="")
     return 0
 
 
@@ -180,10 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_shapes)
 
     p = sub.add_parser("eval", help="run an evaluation task; writes results.json and results.md")
-    p.add_argument("task", choices=["retrieval"])
+    p.add_argument("task", choices=["retrieval", "conditional"])
     p.add_argument("--model", default="bundled", help="bundled, a local HF directory or a hub id")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=1000, help="number of single-object test scenes")
+    p.add_argument("--size", type=int, default=None,
+                   help="scenes: retrieval 1000 single-object test scenes, conditional 5000 images")
     p.add_argument("--out", default="eval-out", help="output directory")
     p.set_defaults(func=_cmd_eval)
 

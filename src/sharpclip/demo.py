@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from sharpclip.concepts import load_vocabulary
 from sharpclip.data import shapes
 from sharpclip.eval.retrieval import run_retrieval
+from sharpclip.methods.conditional import gallery_mean, project, projection_matrix
 from sharpclip.models import load_model
 
 TEXT_QUERIES = ("a red circle", "a blue striped square", "a yellow star on a black background")
@@ -14,6 +16,17 @@ TEXT_QUERIES = ("a red circle", "a blue striped square", "a yellow star on a bla
 def _describe(spec: shapes.SceneSpec) -> str:
     o = spec.objects[0]
     return f"{o.size} {o.colour} {o.fill} {o.shape} on {spec.background}"
+
+
+def _conditional_query(model, vectors: np.ndarray, gallery: list) -> None:
+    """The same image query, compared only in colour (METHODS.md §1, fast path)."""
+    prompts = load_vocabulary().prompts_for("colour")
+    W = projection_matrix(model.encode_texts(prompts), gallery_mean(vectors))
+    projected = project(vectors, W)
+    scores = projected @ projected[0]
+    print(f"\nimage query #0 under --condition colour ({len(prompts)} prompts, k={W.shape[1]}):")
+    for i in np.argsort(-scores)[1:6]:
+        print(f"  {scores[i]:.3f}  #{i:<4d} {_describe(gallery[i].spec)}")
 
 
 def run_demo(model_spec: str = "bundled", gallery_size: int = 500, seed: int = 0) -> None:
@@ -35,6 +48,7 @@ def run_demo(model_spec: str = "bundled", gallery_size: int = 500, seed: int = 0
     print(f"\nimage query: #0 ({_describe(query.spec)})")
     for i in np.argsort(-scores)[1:6]:
         print(f"  {scores[i]:.3f}  #{i:<4d} {_describe(gallery[i].spec)}")
+    _conditional_query(model, vectors, gallery)
     result = run_retrieval(model, seed=seed, size=gallery_size)
     print("\nretrieval metrics (plain, test split):")
     for group, metrics in result["methods"]["plain"].items():
