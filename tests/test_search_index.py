@@ -1,0 +1,223 @@
+"""Exact and ANN top-K search, each checked against a literal full-sort reference."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from sharpclip.store.search_index import AnnIndex, SearchConfig, exact_topk, needs_ann
+
+
+def reference_topk(vectors, queries, k, valid=None):
+    """Literal reference: float64 scores, Python sort by (-score, row), deleted rows dropped."""
+    vectors = np.asarray(vectors, np.float64)
+    queries = np.atleast_2d(np.asarray(queries, np.float64))
+    keep = range(len(vectors)) if valid is None else np.flatnonzero(valid)
+    out_scores, out_rows = [], []
+    for q in queries:
+        ranked = sorted(((float(vectors[r] @ q), int(r)) for r in keep), key=lambda t: (-t[0], t[1]))
+        out_scores.append([s for s, _ in ranked[:k]])
+        out_rows.append([r for _, r in ranked[:k]])
+    return np.array(out_scores).reshape(len(queries), -1), np.array(out_rows).reshape(len(queries), -1)
+
+
+def clustered(n, dim=32, n_clusters=40, seed=0):
+    """Unit vectors around random centres (so that nearest neighbours are meaningful)."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(123).standard_normal((n_clusters, dim))
+    x = centres[rng.integers(0, n_clusters, n)] + 0.5 * rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def recall_at(found, truth):
+    return np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)])
+
+
+# -- exact ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 64, None])
+@pytest.mark.parametrize("k", [1, 5, 203])
+@pytest.mark.parametrize("mask", ["none", "some", "most"])
+def test_exact_topk_matches_full_sort_with_ties(chunk_rows, k, mask):
+    # Small integers: every dot product is exact in float32, and there are many ties.
+    rng = np.random.default_rng(0)
+    vectors = rng.integers(-2, 3, (200, 8)).astype(np.float32)
+    queries = rng.integers(-2, 3, (6, 8)).astype(np.float32)
+    valid = {"none": None, "some": rng.random(200) > 0.3, "most": rng.random(200) > 0.97}[mask]
+    scores, rows = exact_topk(vectors, queries, k, valid=valid, chunk_rows=chunk_rows)
+    ref_scores, ref_rows = reference_topk(vectors, queries, k, valid)
+    n_valid = 200 if valid is None else int(valid.sum())
+    assert scores.shape == rows.shape == (6, min(k, n_valid))
+    assert scores.dtype == np.float32 and rows.dtype == np.int64
+    np.testing.assert_array_equal(rows, ref_rows)
+    np.testing.assert_array_equal(scores, ref_scores)
+
+
+def test_exact_topk_float_data_on_memmap(tmp_path):
+    rng = np.random.default_rng(1)
+    data = rng.standard_normal((500, 16)).astype(np.float32)
+    mm = np.memmap(tmp_path / "v.f32", np.float32, "w+", shape=data.shape)
+    mm[:] = data
+    mm.flush()
+    mm = np.memmap(tmp_path / "v.f32", np.float32, "r", shape=data.shape)
+    queries = rng.standard_normal((4, 16)).astype(np.float32)
+    valid = rng.random(500) > 0.2
+    scores, rows = exact_topk(mm, queries, 10, valid=valid, chunk_rows=33)
+    ref_scores, ref_rows = reference_topk(data, queries, 10, valid)
+    np.testing.assert_array_equal(rows, ref_rows)  # random floats: no near-ties at this size
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-5)
+    assert valid[rows].all()
+
+
+def test_exact_topk_shapes_and_errors():
+    x = np.eye(4, dtype=np.float32)
+    scores, rows = exact_topk(x, x[2], 2, valid=np.array([True, True, False, True]))
+    assert rows.tolist() == [[0, 1]] and scores.tolist() == [[0.0, 0.0]]
+    assert exact_topk(x, x, 3, valid=np.zeros(4, bool))[1].shape == (4, 0)
+    assert exact_topk(np.empty((0, 4), np.float32), x, 3)[1].shape == (4, 0)
+    # float64 storage is accepted (upcast chunk by chunk) and gives the same rows
+    np.testing.assert_array_equal(exact_topk(x.astype(np.float64), x, 2)[1], exact_topk(x, x, 2)[1])
+    with pytest.raises(ValueError, match=r"shape \(Q, 4\)"):
+        exact_topk(x, np.ones(3, np.float32), 1)
+    with pytest.raises(ValueError, match="boolean mask"):
+        exact_topk(x, x, 1, valid=np.ones(3, bool))
+    with pytest.raises(ValueError, match="k must be"):
+        exact_topk(x, x, 0)
+    with pytest.raises(ValueError, match="NaN"):
+        exact_topk(x, np.full(4, np.nan, np.float32), 1)
+
+
+# -- ANN ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def data():
+    vectors = clustered(3000)
+    queries = clustered(100, seed=7)
+    return vectors, queries
+
+
+def test_ann_agrees_with_exact(data):
+    vectors, queries = data
+    rows = np.arange(len(vectors)) * 3 + 1000  # collection rows need not be 0..n-1
+    index = AnnIndex.build(vectors, rows, progress=False)
+    assert len(index) == len(vectors)
+    scores, found = index.search(queries, 10)
+    _, truth = exact_topk(vectors, queries, 10)
+    assert recall_at(found, rows[truth]) >= 0.95
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
+    # scores are the true inner products of the returned rows
+    pos = (found - 1000) // 3
+    np.testing.assert_allclose(scores, np.einsum("qkd,qd->qk", vectors[pos], queries), atol=1e-5)
+
+
+def test_removed_rows_never_returned(data):
+    vectors, queries = data
+    rows = np.arange(len(vectors))
+    index = AnnIndex.build(vectors, rows, progress=False)
+    rng = np.random.default_rng(3)
+    removed = rng.choice(len(vectors), 900, replace=False)
+    assert index.remove(removed) == 900
+    assert index.remove(removed[:10]) == 0  # already gone
+    assert len(index) == len(vectors) - 900
+    # query with the removed vectors themselves: each is its own best match if it were present
+    probe = np.concatenate([vectors[removed[:50]], queries])
+    _, ann_rows = index.search(probe, 10)
+    valid = np.ones(len(vectors), bool)
+    valid[removed] = False
+    _, exact_rows = exact_topk(vectors, probe, 10, valid=valid)
+    assert not np.isin(ann_rows, removed).any()
+    assert not np.isin(exact_rows, removed).any()
+    assert recall_at(ann_rows, exact_rows) >= 0.95
+    assert index.deleted_fraction == pytest.approx(0.3)
+    assert index.needs_rebuild  # 30% deleted > 20% default
+
+
+def test_needs_rebuild_after_many_deletions(data):
+    vectors, _ = data
+    index = AnnIndex.build(vectors[:500], np.arange(500), progress=False)
+    index.remove(np.arange(50))
+    assert not index.needs_rebuild
+    index.remove(np.arange(150))
+    assert index.needs_rebuild
+
+
+def test_everything_removed_and_k_larger_than_index(data):
+    vectors, queries = data
+    index = AnnIndex.build(vectors[:20], np.arange(20), progress=False)
+    _, rows = index.search(queries[:3], 50)
+    assert rows.shape == (3, 20) and set(rows[0]) == set(range(20))
+    index.remove(np.arange(20))
+    assert index.search(queries[:3], 5)[1].shape == (3, 0)
+    assert AnnIndex(32).search(queries[:1], 5)[1].shape == (1, 0)
+
+
+def test_incremental_add_equals_one_build(data):
+    """Graphs built in different insertion orders differ, but at this size and efSearch both
+    return the exact top-10, so their results are equal."""
+    vectors, queries = data
+    config = SearchConfig(ef_search=256, threads=1)
+    rows = np.arange(len(vectors))
+    once = AnnIndex.build(vectors, rows, config, progress=False)
+    steps = AnnIndex(vectors.shape[1], config)
+    for part in np.array_split(rows, 5):
+        steps.add(vectors[part], part, progress=False)
+    np.testing.assert_array_equal(steps.rows_, once.rows_)
+    _, exact_rows = exact_topk(vectors, queries, 10)
+    _, a = once.search(queries, 10)
+    _, b = steps.search(queries, 10)
+    np.testing.assert_array_equal(a, exact_rows)
+    np.testing.assert_array_equal(b, exact_rows)
+
+
+def test_add_checks_rows(data):
+    vectors, _ = data
+    index = AnnIndex.build(vectors[:10], np.arange(10), progress=False)
+    with pytest.raises(ValueError, match="already in the index"):
+        index.add(vectors[:1], [3], progress=False)
+    with pytest.raises(ValueError, match="same row twice"):
+        index.add(vectors[:2], [20, 20], progress=False)
+    with pytest.raises(ValueError, match=r"vectors \(n, 32\)"):
+        index.add(vectors[:2, :8], [20, 21], progress=False)
+    index.remove([3])
+    index.add(vectors[3:4], [3], progress=False)  # a removed row may come back through add
+    assert len(index) == 10
+    _, rows = index.search(vectors[3], 1)
+    assert rows.tolist() == [[3]]
+
+
+def test_save_load_round_trip(data, tmp_path):
+    vectors, queries = data
+    config = SearchConfig(hnsw_m=16, ef_search=64, ann_threshold=1234)
+    index = AnnIndex.build(vectors, np.arange(len(vectors)) + 7, config, progress=False)
+    index.remove([7, 8, 100])
+    path = tmp_path / "ann.index"
+    index.save(path)
+    index.save(path)  # overwriting is atomic too
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ann.index"]
+    loaded = AnnIndex.load(path)
+    assert loaded.config == config and loaded.dim == index.dim
+    np.testing.assert_array_equal(loaded.rows_, index.rows_)
+    np.testing.assert_array_equal(loaded.deleted_, index.deleted_)
+    for got, want in zip(loaded.search(queries, 10), index.search(queries, 10)):
+        np.testing.assert_array_equal(got, want)
+    # its own copy of the vectors plus the graph; within 1% of faiss's serialised size
+    faiss_size = faiss.serialize_index(index.index_).nbytes + index.rows_.nbytes + len(vectors)
+    assert vectors.nbytes < index.nbytes() == pytest.approx(faiss_size, rel=0.01)
+
+    empty = tmp_path / "empty.index"
+    AnnIndex(5).save(empty)
+    assert len(AnnIndex.load(empty)) == 0
+    (tmp_path / "junk").write_bytes(b"not an index")
+    with pytest.raises(ValueError, match="not a sharpclip ANN index"):
+        AnnIndex.load(tmp_path / "junk")
+
+
+def test_policy_and_config():
+    assert not needs_ann(199, 200) and needs_ann(200, 200)
+    with pytest.raises(ValueError, match="hnsw_m"):
+        SearchConfig(hnsw_m=0)
+    with pytest.raises(ValueError, match="max_deleted_fraction"):
+        SearchConfig(max_deleted_fraction=1.5)
