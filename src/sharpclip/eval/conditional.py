@@ -15,7 +15,6 @@ The array stage (:func:`evaluate_embeddings`) is separate from generation and en
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from sharpclip.data import shapes
+from sharpclip.eval import retrieval
 from sharpclip.eval.metrics import mean_average_precision
 from sharpclip.methods.conditional import (
     ConditionalConfig,
@@ -237,7 +237,4 @@ def to_markdown(result: dict) -> str:
 
 def write_results(result: dict, out: Path) -> None:
     """Write ``results.json`` and ``results.md`` (this task's table) into ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "results.md").write_text(to_markdown(result))
+    retrieval.write_results(result, out, to_markdown(result))

@@ -121,9 +121,9 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(result: dict, out: Path) -> None:
-    """Write results.json and results.md into ``out``."""
+def write_results(result: dict, out: Path, markdown: str | None = None) -> None:
+    """Write results.json and results.md (``markdown``, default this task's table) into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "results.md").write_text(to_markdown(result))
+    (out / "results.md").write_text(to_markdown(result) if markdown is None else markdown)
