@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ def gallery(tmp_path_factory, model):
 def test_text_search_finds_the_named_colour(gallery):
     coll, labels = gallery
     hits = coll.search(text="a photo of a red shape", k=5).hits
-    assert len(hits) == 5 and all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+    assert len(hits) == 5 and all(a.score >= b.score for a, b in pairwise(hits))
     assert all(labels[h.path].objects[0].colour == "red" for h in hits)
 
 
@@ -82,8 +83,8 @@ def test_removed_items_never_come_back(tmp_path, model):
     for exact in (True, False):
         found = {h.path for h in coll.search(image=target, k=30, exact=exact).hits}
         assert str(target) not in found and len(found) == 29
-    scores, rows = coll.nearest(coll.model.encode_texts(["a star"]), 30,
-                                config=SearchConfig(ann_threshold=1))
+    _, rows = coll.nearest(coll.model.encode_texts(["a star"]), 30,
+                           config=SearchConfig(ann_threshold=1))
     removed_row = int(np.setdiff1d(np.arange(30), coll.live_rows()[0])[0])
     assert removed_row not in rows[0].tolist()
 
