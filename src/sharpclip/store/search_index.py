@@ -59,9 +59,9 @@ class SearchConfig:
         Exact search of 512-d float32 costs ~0.07 ms per 1,000 rows here (73.6 ms at 1M rows),
         so below 200,000 rows it answers in ~15 ms with no index to build (the HNSW build runs
         at ~2,600-3,700 rows/s on 2 cores).
-    hnsw_m: HNSW graph degree. At 200k rows, M=16 reached recall@10 0.77 at efSearch 128 on
-        clustered data where M=32 reached 0.96; M=48 was slightly better per efSearch but slower
-        per step, so no better per millisecond.
+    hnsw_m: HNSW graph degree. At 200k rows, M=16 reached recall@10 0.84 at efSearch 128
+        where M=32 reached 0.96; M=48 was better per efSearch but slower per step, so about the
+        same per millisecond, with a slower build and 128 more bytes per vector.
     ef_construction: HNSW build beam width (faiss default 40; 120 was no better at 200k rows).
     ef_search: HNSW search beam width (raised to ``k`` when ``k`` is larger). 384 is the smallest
         measured value with recall@10 >= 0.95 at 1M rows (0.963, p50 3.9 ms); 256 gave 0.935.
