@@ -19,7 +19,7 @@ from sharpclip.methods.conditional import (
     projection_matrix,
 )
 from sharpclip.store.collection import Collection
-from sharpclip.store.search_index import SearchConfig, exact_topk, needs_ann
+from sharpclip.store.search_index import exact_topk
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,7 @@ def search(coll: Collection, text: str | None = None, image=None, like=None, k: 
     else:
         scores, rows = coll.nearest(query[None, :], k, exact=exact)
         scores, rows = scores[0], rows[0]
-        described["mode"] = "exact" if exact or not needs_ann(
-            coll.counts()["ok"], SearchConfig().ann_threshold) else "ann"
+        described["mode"] = "ann" if coll.uses_ann(coll.counts()["ok"], exact) else "exact"
     timing["search"] = (time.perf_counter() - start) * 1e3
     located = coll.paths_for_rows(rows)
     hits = [Hit(located[int(r)][1], float(s), located[int(r)][0])

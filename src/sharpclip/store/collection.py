@@ -414,11 +414,16 @@ class Collection:
         config = config or SearchConfig()
         vectors = self.vectors()
         live, _ = self.live_rows()
-        if exact or not needs_ann(len(live), config.ann_threshold):
+        if not self.uses_ann(len(live), exact, config):
             mask = np.zeros(len(vectors), dtype=bool)
             mask[live] = True
             return exact_topk(vectors, queries, k, valid=mask)
         return self._synced_ann(vectors, live, config).search(queries, k)
+
+    @staticmethod
+    def uses_ann(live: int, exact: bool | None, config: SearchConfig | None = None) -> bool:
+        """Whether :meth:`nearest` answers from the ANN index for ``live`` items."""
+        return not exact and needs_ann(live, (config or SearchConfig()).ann_threshold)
 
     def _synced_ann(self, vectors: np.ndarray, live: np.ndarray, config: SearchConfig) -> AnnIndex:
         file = self.path / "index" / f"{IMAGE_SET}.faiss"
