@@ -29,7 +29,8 @@ def _cmd_train_base(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = BaseTrainConfig(steps=args.steps, seed=args.seed, batch_size=args.batch_size,
                              image_size=args.image_size, width=args.width, layers=args.layers,
-                             shared_colour_fraction=args.shared_colour_fraction)
+                             shape_groups=args.shape_groups,
+                             partial_caption_fraction=args.partial_caption_fraction)
     record = train_base(config, Path(args.out))
     print(f"saved to {args.out}: {record['train_seconds']}s, final loss {record['final_loss']}")
     return 0
@@ -206,8 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=defaults.image_size, help="input pixels")
     p.add_argument("--width", type=int, default=defaults.width, help="transformer width")
     p.add_argument("--layers", type=int, default=defaults.layers, help="layers per tower")
-    p.add_argument("--shared-colour-fraction", type=float, default=defaults.shared_colour_fraction,
-                   help="share of batches whose scenes all have one colour and fill")
+    p.add_argument("--shape-groups", type=int, default=defaults.shape_groups,
+                   help="scenes per batch rendered once per shape (hard negatives for shape)")
+    p.add_argument("--partial-caption-fraction", type=float,
+                   default=defaults.partial_caption_fraction,
+                   help="share of one-object captions naming only some attributes")
     p.set_defaults(func=_cmd_train_base)
     return parser
 

@@ -52,7 +52,7 @@ _SYNONYMS = {
     "dotted": ("dotted", "spotted"),
     "outline": ("outlined", "hollow"),
 }
-_FILL_PHRASE = {"solid": "solid", "striped": "with stripes", "dotted": "with dots",
+FILL_PHRASE = {"solid": "solid", "striped": "with stripes", "dotted": "with dots",
                 "outline": "drawn as an outline"}
 _NUMBERS = ("one", "two", "three", "four")
 
@@ -244,8 +244,8 @@ def render(spec: SceneSpec, image_size: int, rng: np.random.Generator) -> Image.
 def _phrase(obj: ShapeObject, rng: np.random.Generator, with_size: bool) -> str:
     size = f"{obj.size} " if with_size else ""
     if rng.random() < 0.5:
-        return f"{size}{obj.colour} {_synonym(obj.fill, rng)} {_synonym(obj.shape, rng)}"
-    return f"{size}{obj.colour} {_synonym(obj.shape, rng)} {_FILL_PHRASE[obj.fill]}"
+        return f"{size}{obj.colour} {synonym(obj.fill, rng)} {synonym(obj.shape, rng)}"
+    return f"{size}{obj.colour} {synonym(obj.shape, rng)} {FILL_PHRASE[obj.fill]}"
 
 
 def _a(phrase: str) -> str:
@@ -276,21 +276,22 @@ def captions(spec: SceneSpec, rng: np.random.Generator, n: int = 3) -> list[str]
             noun = _SYNONYMS[obj.shape][0] + ("es" if obj.shape == "cross" else "s")
             t = rng.integers(3)
             out.append([f"{word} {obj.colour} {_SYNONYMS[obj.fill][0]} {noun}",
-                        f"a photo of {word} {noun}, {obj.colour}, {_FILL_PHRASE[obj.fill]}",
-                        (f"{spec.count} {obj.colour} {noun} {_FILL_PHRASE[obj.fill]}"
+                        f"a photo of {word} {noun}, {obj.colour}, {FILL_PHRASE[obj.fill]}",
+                        (f"{spec.count} {obj.colour} {noun} {FILL_PHRASE[obj.fill]}"
                          f" on a {spec.background} background")][t])
             continue
         t = rng.integers(6)
         out.append([_a(p),
                     f"a photo of {_a(p)}",
-                    f"{_a(obj.colour)} {_SYNONYMS[obj.shape][0]}, {_FILL_PHRASE[obj.fill]}",
+                    f"{_a(obj.colour)} {_SYNONYMS[obj.shape][0]}, {FILL_PHRASE[obj.fill]}",
                     f"{_a(p)} on a {spec.background} background",
                     f"{_a(p)} on the {spec.position}",
-                    f"a picture of {_a(_synonym(obj.shape, rng))}, {obj.colour}, {_FILL_PHRASE[obj.fill]}"][t])
+                    f"a picture of {_a(synonym(obj.shape, rng))}, {obj.colour}, {FILL_PHRASE[obj.fill]}"][t])
     return out
 
 
-def _synonym(word: str, rng: np.random.Generator) -> str:
+def synonym(word: str, rng: np.random.Generator) -> str:
+    """A random synonym of a shape or fill name (the word itself when it has none)."""
     options = _SYNONYMS.get(word, (word,))
     return options[rng.integers(len(options))]
 

@@ -27,7 +27,7 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|startoftext|>", "<pad>")  # eos id 0: HF p
 class BaseTrainConfig:
     """Hyperparameters of the bundled model's training run."""
 
-    steps: int = 3000
+    steps: int = 4500
     seed: int = 0
     batch_size: int = 128
     image_size: int = 64
@@ -41,7 +41,8 @@ class BaseTrainConfig:
     lr: float = 1e-3
     warmup: int = 200
     pair_fraction: float = 0.25
-    shared_colour_fraction: float = 0.3  # batches of single scenes sharing one colour and fill
+    shape_groups: int = 12  # per batch: scenes rendered once per shape, identical otherwise
+    partial_caption_fraction: float = 0.25  # captions naming only some of an object's attributes
 
 
 def train_tokenizer(config: BaseTrainConfig, n_captions: int = 20000):
@@ -80,31 +81,82 @@ def train_tokenizer(config: BaseTrainConfig, n_captions: int = 20000):
 
 
 def _batch(config: BaseTrainConfig, rng: np.random.Generator, pre: ImagePreprocessor):
-    """One training batch. In a "shared" batch every scene has one colour and fill, so only shape,
-    size, count, position and background tell the captions apart: colour alone is easy to learn
-    and would otherwise dominate the contrastive signal."""
-    images, texts = [], []
-    shared = None
-    if rng.random() < config.shared_colour_fraction:
-        shared = (list(shapes.COLOURS)[rng.integers(len(shapes.COLOURS))],
-                  shapes.FILLS[rng.integers(len(shapes.FILLS))])
-    for _ in range(config.batch_size):
-        kind = "pair" if shared is None and rng.random() < config.pair_fraction else "single"
-        spec = _draw_spec(rng, kind, shared)
-        while shapes.spec_split(spec) != "train":
-            spec = _draw_spec(rng, kind, shared)
-        images.append(pre(shapes.render(spec, config.image_size, rng)))
-        texts.append(shapes.captions(spec, rng, n=1)[0])
-    return np.stack(images), texts
+    """One training batch: pixels, captions and the (caption, image) positive mask.
+
+    ``shape_groups`` scene specifications are rendered once per shape with identical jitter, so each
+    caption's hardest negatives differ from its image in shape alone (colour, being easy, would
+    otherwise carry the whole contrastive signal and shape would not be learned). The rest are
+    random single, counted and two-object scenes. A partial caption ("a photo of a pentagon")
+    is positive for every count-1 single-object image in the batch that has the attributes it names.
+    """
+    specs, images = [], []
+    for _ in range(config.shape_groups):
+        base = shapes.random_spec(rng, "single")
+        jitter_seed = int(rng.integers(2**32))
+        for shape in shapes.SHAPES:
+            spec = replace(base, objects=(replace(base.objects[0], shape=shape),))
+            if shapes.spec_split(spec) == "train" and len(specs) < config.batch_size:
+                specs.append(spec)
+                images.append(shapes.render(spec, config.image_size, np.random.default_rng(jitter_seed)))
+    while len(specs) < config.batch_size:
+        kind = "pair" if rng.random() < config.pair_fraction else "single"
+        spec = shapes.random_spec(rng, kind)
+        if shapes.spec_split(spec) == "train":
+            specs.append(spec)
+            images.append(shapes.render(spec, config.image_size, rng))
+    texts, named = [], []
+    for spec in specs:
+        if spec.relation is None and spec.count == 1 and rng.random() < config.partial_caption_fraction:
+            attributes = _partial_attributes(rng)
+            texts.append(_partial_caption(spec.objects[0], attributes, rng))
+            named.append({a: getattr(spec.objects[0], a) for a in attributes})
+        else:
+            texts.append(shapes.captions(spec, rng, n=1)[0])
+            named.append(None)
+    positives = np.eye(len(specs), dtype=bool)
+    for i, wanted in enumerate(named):
+        if wanted is not None:
+            positives[i] = [s.relation is None and s.count == 1
+                            and all(getattr(s.objects[0], a) == v for a, v in wanted.items())
+                            for s in specs]
+    return np.stack([pre(image) for image in images]), texts, positives
 
 
-def _draw_spec(rng: np.random.Generator, kind: str, shared: tuple[str, str] | None):
-    spec = shapes.random_spec(rng, kind)
-    if shared is None:
-        return spec
-    colour, fill = shared
-    objects = tuple(replace(obj, colour=colour, fill=fill) for obj in spec.objects)
-    return replace(spec, objects=objects)
+_PARTIAL_ATTRIBUTES = ("shape", "colour", "fill", "size")
+
+
+def _partial_attributes(rng: np.random.Generator) -> tuple[str, ...]:
+    """A random non-empty proper subset of an object's attributes."""
+    while True:
+        chosen = tuple(a for a in _PARTIAL_ATTRIBUTES if rng.random() < 0.4)
+        if 0 < len(chosen) < len(_PARTIAL_ATTRIBUTES):
+            return chosen
+
+
+def _partial_caption(obj: shapes.ShapeObject, attributes: tuple[str, ...],
+                     rng: np.random.Generator) -> str:
+    """A caption naming only ``attributes`` of ``obj`` ("a large red shape", "a photo of a star")."""
+    noun = shapes.synonym(obj.shape, rng) if "shape" in attributes else "shape"
+    adjectives = [getattr(obj, a) for a in ("size", "colour") if a in attributes]
+    if "fill" in attributes and rng.random() < 0.5:
+        phrase = " ".join([*adjectives, shapes.synonym(obj.fill, rng), noun])
+    else:
+        phrase = " ".join([*adjectives, noun])
+        if "fill" in attributes:
+            phrase += " " + shapes.FILL_PHRASE[obj.fill]
+    article = "an " if phrase[:1] in "aeiou" else "a "
+    return [article + phrase, "a photo of " + article + phrase, phrase][int(rng.integers(3))]
+
+
+def _multi_positive_loss(logits_per_text, positives):
+    """Symmetric InfoNCE where a caption may have several positive images (and vice versa): the
+    target of each row is uniform over its positives."""
+    import torch.nn.functional as F
+
+    targets = positives.float()
+    text_loss = -(targets / targets.sum(1, keepdim=True) * F.log_softmax(logits_per_text, 1)).sum(1)
+    image_loss = -(targets.T / targets.sum(0)[:, None] * F.log_softmax(logits_per_text.T, 1)).sum(1)
+    return (text_loss.mean() + image_loss.mean()) / 2
 
 
 def train_base(config: BaseTrainConfig, out: Path) -> dict:
@@ -139,15 +191,13 @@ def train_base(config: BaseTrainConfig, out: Path) -> dict:
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_at)
     start = time.perf_counter()
-    labels = torch.arange(config.batch_size)
     model.train()
     for step in range(config.steps):
-        pixels, texts = _batch(config, rng, pre)
+        pixels, texts, positives = _batch(config, rng, pre)
         tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
         outputs = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
-                    pixel_values=torch.from_numpy(pixels))
-        loss = (torch.nn.functional.cross_entropy(outputs.logits_per_image, labels)
-                + torch.nn.functional.cross_entropy(outputs.logits_per_text, labels)) / 2
+                        pixel_values=torch.from_numpy(pixels))
+        loss = _multi_positive_loss(outputs.logits_per_text, torch.from_numpy(positives))
         optimiser.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
