@@ -42,7 +42,7 @@ def test_shapes_conditions_match_the_generator_vocabulary():
         assert set(vocabulary.concept(name).values) == values, name
     assert vocabulary.resolve("fill") == "texture" and vocabulary.resolve("Color") == "colour"
     assert vocabulary.resolve("time of day") == "time_of_day"
-    assert "a hollow star" in vocabulary.prompts("fill")
+    assert "a hollow shape" in vocabulary.prompts("fill")
 
 
 def test_multi_condition_concatenates_prompt_sets():
