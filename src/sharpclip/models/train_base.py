@@ -1,8 +1,10 @@
 """``sharpclip train base``: the bundled model's recipe (a small HF CLIPModel trained on Shapes).
 
 A byte-level BPE tokenizer is trained on generated captions (any input tokenises: unknown words,
-emoji, other scripts), then a small CLIP is trained with symmetric InfoNCE on freshly generated
-single, counted and two-object scenes. Deterministic from the seed (on one CPU thread count).
+emoji, other scripts), then a small CLIP is trained with a multi-positive symmetric InfoNCE on
+freshly generated single, counted and two-object scenes, with shape groups (hard negatives that
+differ only in shape) and partial captions (see ``_batch``). Deterministic from the seed (on one
+CPU thread count).
 """
 
 from __future__ import annotations
