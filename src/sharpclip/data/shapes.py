@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from sharpclip.concepts.vocabulary import with_article
+
 SHAPES = ("circle", "square", "triangle", "pentagon", "hexagon", "star", "diamond", "cross")
 COLOURS = {
     "red": (220, 30, 30),
@@ -248,10 +250,6 @@ def _phrase(obj: ShapeObject, rng: np.random.Generator, with_size: bool) -> str:
     return f"{size}{obj.colour} {synonym(obj.shape, rng)} {FILL_PHRASE[obj.fill]}"
 
 
-def _a(phrase: str) -> str:
-    return ("an " if phrase[:1] in "aeiou" else "a ") + phrase
-
-
 def captions(spec: SceneSpec, rng: np.random.Generator, n: int = 3) -> list[str]:
     """Captions from several templates with synonyms and varied word order.
 
@@ -265,9 +263,9 @@ def captions(spec: SceneSpec, rng: np.random.Generator, n: int = 3) -> list[str]
             a = _phrase(spec.objects[0], rng, with_size)
             b = _phrase(spec.objects[1], rng, with_size)
             t = rng.integers(3)
-            out.append([f"{_a(a)} {spec.relation} {_a(b)}",
-                        f"a photo of {_a(a)} placed {spec.relation} {_a(b)}",
-                        f"two shapes: {_a(a)} {spec.relation} {_a(b)}"][t])
+            out.append([f"{with_article(a)} {spec.relation} {with_article(b)}",
+                        f"a photo of {with_article(a)} placed {spec.relation} {with_article(b)}",
+                        f"two shapes: {with_article(a)} {spec.relation} {with_article(b)}"][t])
             continue
         obj = spec.objects[0]
         p = _phrase(obj, rng, with_size)
@@ -281,12 +279,12 @@ def captions(spec: SceneSpec, rng: np.random.Generator, n: int = 3) -> list[str]
                          f" on a {spec.background} background")][t])
             continue
         t = rng.integers(6)
-        out.append([_a(p),
-                    f"a photo of {_a(p)}",
-                    f"{_a(obj.colour)} {_SYNONYMS[obj.shape][0]}, {FILL_PHRASE[obj.fill]}",
-                    f"{_a(p)} on a {spec.background} background",
-                    f"{_a(p)} on the {spec.position}",
-                    f"a picture of {_a(synonym(obj.shape, rng))}, {obj.colour}, {FILL_PHRASE[obj.fill]}"][t])
+        out.append([with_article(p),
+                    f"a photo of {with_article(p)}",
+                    f"{with_article(obj.colour)} {_SYNONYMS[obj.shape][0]}, {FILL_PHRASE[obj.fill]}",
+                    f"{with_article(p)} on a {spec.background} background",
+                    f"{with_article(p)} on the {spec.position}",
+                    f"a picture of {with_article(synonym(obj.shape, rng))}, {obj.colour}, {FILL_PHRASE[obj.fill]}"][t])
     return out
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sharpclip.concepts.vocabulary import with_article
 from sharpclip.data import shapes
 from sharpclip.models.preprocess import ImagePreprocessor
 
@@ -146,8 +147,7 @@ def _partial_caption(obj: shapes.ShapeObject, attributes: tuple[str, ...],
         phrase = " ".join([*adjectives, noun])
         if "fill" in attributes:
             phrase += " " + shapes.FILL_PHRASE[obj.fill]
-    article = "an " if phrase[:1] in "aeiou" else "a "
-    return [article + phrase, "a photo of " + article + phrase, phrase][int(rng.integers(3))]
+    return [with_article(phrase), "a photo of " + with_article(phrase), phrase][int(rng.integers(3))]
 
 
 def _multi_positive_loss(logits_per_text, positives):

@@ -29,10 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
+from sharpclip.data.imagefiles import COLLECTION_MARKER
 from sharpclip.store.search_index import AnnIndex, SearchConfig, exact_topk, needs_ann
 
 SCHEMA_VERSION = 1
-DB_NAME = "collection.sqlite"
+DB_NAME = COLLECTION_MARKER  # find_images skips folders holding it
 IMAGE_SET = "image"
 
 _SCHEMA = """
@@ -413,10 +414,9 @@ class Collection:
         date with the items first (built on first use, then updated incrementally)."""
         config = config or SearchConfig()
         vectors = self.vectors()
-        live, _ = self.live_rows()
+        mask = self.live_mask(len(vectors))
+        live = np.flatnonzero(mask)
         if not self.uses_ann(len(live), exact, config):
-            mask = np.zeros(len(vectors), dtype=bool)
-            mask[live] = True
             return exact_topk(vectors, queries, k, valid=mask)
         return self._synced_ann(vectors, live, config).search(queries, k)
 
