@@ -13,7 +13,7 @@ from sharpclip.cli import main
 from sharpclip.data import shapes
 from sharpclip.ingest import IndexConfig
 from sharpclip.models import load_model
-from sharpclip.store.collection import Collection
+from sharpclip.store.collection import Collection, ItemUpdate
 from sharpclip.store.search_index import SearchConfig
 
 INLINE = IndexConfig(workers=0, batch_size=16, progress=False)
@@ -133,3 +133,34 @@ def test_real_photos_end_to_end_through_the_cli(tmp_path, capsys):
     assert main(["search", "--like", str(folder / "cats" / "cat.png"), "-c", coll]) == 1
     assert "not an indexed item" in capsys.readouterr().err
     assert main(["index", str(folder), "-c", coll, "--model", str(tmp_path / "nope"), "-q"]) == 1
+
+
+def test_ann_index_kept_between_searches_follows_commits_and_removals(tmp_path, model):
+    rng = np.random.default_rng(0)
+
+    def unit(n):
+        v = rng.standard_normal((n, model.dim)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    def commit(coll, names, vectors):
+        with coll.writing():
+            coll.commit([ItemUpdate(f"/nowhere/{name}.png", name, 1, 1, vector_index=i)
+                         for i, name in enumerate(names)], vectors)
+
+    ann = SearchConfig(ann_threshold=1)
+    queries = unit(5)
+    coll = Collection.create(tmp_path / "c.sc", model)
+    commit(coll, [f"a{i}" for i in range(50)], unit(50))
+    np.testing.assert_array_equal(coll.nearest(queries, 10, config=ann)[1],
+                                  coll.nearest(queries, 10, exact=True)[1])
+    commit(coll, [f"b{i}" for i in range(20)], unit(20))
+    with coll.writing():
+        coll.remove([f"/nowhere/a{i}.png" for i in range(0, 50, 5)])
+    _, rows = coll.nearest(queries, 10, config=ann)
+    np.testing.assert_array_equal(rows, coll.nearest(queries, 10, exact=True)[1])
+    assert set(rows.ravel()) <= set(coll.live_rows()[0].tolist())
+    asked = {*rows.ravel().tolist(), 0, 5, -1, 10**6}  # row 0 and 5 belong to removed items
+    expected = {i.row: (i.id, i.path) for i in coll.items("ok") if i.row in asked}
+    assert coll.paths_for_rows(sorted(asked)) == expected and 0 not in expected
+    with Collection.open(coll.path) as reopened:  # the synced index was saved
+        np.testing.assert_array_equal(reopened.nearest(queries, 10, config=ann)[1], rows)

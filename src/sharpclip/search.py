@@ -87,7 +87,7 @@ def search(coll: Collection, text: str | None = None, image=None, like=None, k: 
     else:
         scores, rows = coll.nearest(query[None, :], k, exact=exact)
         scores, rows = scores[0], rows[0]
-        described["mode"] = "ann" if coll.uses_ann(coll.counts()["ok"], exact) else "exact"
+        described["mode"] = "ann" if coll.uses_ann(len(coll.live_rows()[0]), exact) else "exact"
     timing["search"] = (time.perf_counter() - start) * 1e3
     located = coll.paths_for_rows(rows)
     hits = [Hit(located[int(r)][1], float(s), located[int(r)][0])

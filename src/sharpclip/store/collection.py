@@ -137,6 +137,9 @@ class Collection:
         self.path = Path(path)
         self.info = info
         self._model = model
+        # Derived from the database, kept per generation: reused while nothing was committed.
+        self._live: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._ann: tuple[int, AnnIndex] | None = None
         self._db = sqlite3.connect(self.path / DB_NAME, timeout=60, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -282,21 +285,39 @@ class Collection:
 
     def live_rows(self) -> tuple[np.ndarray, np.ndarray]:
         """(rows, item ids) of the embedded items: the only rows search may return."""
-        data = self._db.execute("SELECT row, id FROM items WHERE status = 'ok' ORDER BY row").fetchall()
-        array = np.array(data, dtype=np.int64).reshape(-1, 2)
-        return array[:, 0], array[:, 1]
+        _, rows, ids = self._live_snapshot()
+        return rows, ids
+
+    def _live_snapshot(self) -> tuple[int, np.ndarray, np.ndarray]:
+        """(generation, rows, ids), read again only when the generation has moved on (reading
+        every live row costs ~0.2 s at 250k items, far more than a search)."""
+        generation = self.generation
+        if self._live is None or self._live[0] != generation:
+            data = self._db.execute(
+                "SELECT row, id FROM items WHERE status = 'ok' ORDER BY row").fetchall()
+            array = np.array(data, dtype=np.int64).reshape(-1, 2)
+            self._live = (generation, array[:, 0], array[:, 1])
+        return self._live
 
     def paths_for_rows(self, rows: Sequence[int]) -> dict[int, tuple[int, str]]:
         """Map vector rows to (item id, path) for live items."""
+        live, ids = self.live_rows()
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if not len(live) or not len(rows):
+            return {}
+        at = np.minimum(np.searchsorted(live, rows), len(live) - 1)
+        found = live[at] == rows
+        wanted = dict(zip(ids[at[found]].tolist(), rows[found].tolist()))
         out: dict[int, tuple[int, str]] = {}
-        rows = [int(r) for r in rows]
-        for start in range(0, len(rows), 500):
-            chunk = rows[start:start + 500]
+        keys = list(wanted)
+        for start in range(0, len(keys), 500):  # by primary key: `row` has no index
+            chunk = keys[start:start + 500]
             marks = ",".join("?" * len(chunk))
-            for row, item_id, path in self._db.execute(
-                f"SELECT row, id, path FROM items WHERE status = 'ok' AND row IN ({marks})", chunk
+            for item_id, row, path in self._db.execute(
+                f"SELECT id, row, path FROM items WHERE status = 'ok' AND id IN ({marks})", chunk
             ):
-                out[row] = (item_id, path)
+                if row == wanted[item_id]:
+                    out[row] = (item_id, path)
         return out
 
     def _vector_set(self, name: str) -> tuple[int, int]:
@@ -403,9 +424,7 @@ class Collection:
     def live_mask(self, rows: int | None = None) -> np.ndarray:
         """Boolean mask over the image vector set's rows: True where a live item points."""
         live, _ = self.live_rows()
-        mask = np.zeros(self.vectors().shape[0] if rows is None else rows, dtype=bool)
-        mask[live] = True
-        return mask
+        return _row_mask(live, self.vectors().shape[0] if rows is None else rows)
 
     def nearest(self, queries: np.ndarray, k: int, exact: bool | None = None,
                 config: SearchConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -414,35 +433,44 @@ class Collection:
         date with the items first (built on first use, then updated incrementally)."""
         config = config or SearchConfig()
         vectors = self.vectors()
-        mask = self.live_mask(len(vectors))
-        live = np.flatnonzero(mask)
+        generation, live, _ = self._live_snapshot()
         if not self.uses_ann(len(live), exact, config):
-            return exact_topk(vectors, queries, k, valid=mask)
-        return self._synced_ann(vectors, live, config).search(queries, k)
+            return exact_topk(vectors, queries, k, valid=_row_mask(live, len(vectors)))
+        return self._synced_ann(vectors, live, generation, config).search(queries, k)
 
     @staticmethod
     def uses_ann(live: int, exact: bool | None, config: SearchConfig | None = None) -> bool:
         """Whether :meth:`nearest` answers from the ANN index for ``live`` items."""
         return not exact and needs_ann(live, (config or SearchConfig()).ann_threshold)
 
-    def _synced_ann(self, vectors: np.ndarray, live: np.ndarray, config: SearchConfig) -> AnnIndex:
+    def _synced_ann(self, vectors: np.ndarray, live: np.ndarray, generation: int,
+                    config: SearchConfig) -> AnnIndex:
+        """The ANN index holding exactly the ``live`` rows (of ``generation``): kept in memory
+        between searches, else loaded from disk, then brought up to date and saved."""
+        if self._ann is not None and self._ann[0] == generation:
+            return self._ann[1]
         file = self.path / "index" / f"{IMAGE_SET}.faiss"
-        index = AnnIndex.load(file) if file.exists() else None
+        if self._ann is not None:
+            index = self._ann[1]
+        else:
+            index = AnnIndex.load(file) if file.exists() else None
         if index is not None and index.needs_rebuild:
             index = None
         if index is None:
             index = AnnIndex.build(np.asarray(vectors[live]), live, config)
+            changed = True
         else:
             indexed = index.rows_[~index.deleted_]
             stale = np.setdiff1d(indexed, live)
             fresh = np.setdiff1d(live, indexed)
-            if not (stale.size or fresh.size):
-                return index
+            changed = bool(stale.size or fresh.size)
             index.remove(stale)
             if fresh.size:
                 index.add(np.asarray(vectors[fresh]), fresh)
-        file.parent.mkdir(exist_ok=True)
-        index.save(file)
+        if changed:
+            file.parent.mkdir(exist_ok=True)
+            index.save(file)
+        self._ann = (generation, index)
         return index
 
     # -- derived caches -------------------------------------------------------------------------
@@ -485,6 +513,13 @@ class Collection:
         from sharpclip.search import search
 
         return search(self, text=text, image=image, like=like, k=k, **options)
+
+
+def _row_mask(rows: np.ndarray, n: int) -> np.ndarray:
+    """A boolean mask of length ``n``, True at ``rows``."""
+    mask = np.zeros(n, dtype=bool)
+    mask[rows] = True
+    return mask
 
 
 def _like_prefix(path: str) -> str:
