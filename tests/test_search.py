@@ -164,3 +164,21 @@ def test_ann_index_kept_between_searches_follows_commits_and_removals(tmp_path, 
     assert coll.paths_for_rows(sorted(asked)) == expected and 0 not in expected
     with Collection.open(coll.path) as reopened:  # the synced index was saved
         np.testing.assert_array_equal(reopened.nearest(queries, 10, config=ann)[1], rows)
+
+
+def test_rows_committed_after_the_vectors_were_read_are_skipped(tmp_path, model, monkeypatch):
+    """A search reads the vector file, then the live rows; a commit by another process between
+    the two must not break it (the new rows simply wait for the next search)."""
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((30, model.dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    coll = Collection.create(tmp_path / "c.sc", model)
+    with coll.writing():
+        coll.commit([ItemUpdate(f"/nowhere/{i}.png", str(i), 1, 1, vector_index=i)
+                     for i in range(30)], vectors)
+    read_before_commit = coll.vectors()[:25]
+    monkeypatch.setattr(coll, "vectors", lambda name="image": read_before_commit)
+    for config in (SearchConfig(), SearchConfig(ann_threshold=1)):
+        _, rows = coll.nearest(vectors[25:], 5, config=config)
+        assert rows.max() < 25
+    assert coll.live_mask().sum() == 25

@@ -434,6 +434,7 @@ class Collection:
         config = config or SearchConfig()
         vectors = self.vectors()
         generation, live, _ = self._live_snapshot()
+        live = live[live < len(vectors)]  # rows committed after `vectors` was read wait a turn
         if not self.uses_ann(len(live), exact, config):
             return exact_topk(vectors, queries, k, valid=_row_mask(live, len(vectors)))
         return self._synced_ann(vectors, live, generation, config).search(queries, k)
@@ -516,9 +517,9 @@ class Collection:
 
 
 def _row_mask(rows: np.ndarray, n: int) -> np.ndarray:
-    """A boolean mask of length ``n``, True at ``rows``."""
+    """A boolean mask of length ``n``, True at ``rows`` (rows ``>= n`` are left out)."""
     mask = np.zeros(n, dtype=bool)
-    mask[rows] = True
+    mask[rows[rows < n]] = True
     return mask
 
 
