@@ -22,6 +22,7 @@ replaces the built-in one as a whole; the replaced name and its aliases become i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import string
@@ -183,6 +184,12 @@ def parse_vocabulary(text: str, source: str, json_only: bool = False) -> dict[st
 
 def builtin_concepts() -> dict[str, Concept]:
     """The vocabulary shipped in ``concepts/data`` (Shapes conditions and photo conditions)."""
+    return dict(_parsed_builtin_files())
+
+
+@functools.cache
+def _parsed_builtin_files() -> dict[str, Concept]:
+    # Parsed once per process: the YAML costs ~17 ms, several times a warm conditional search.
     concepts: dict[str, Concept] = {}
     data = resources.files("sharpclip.concepts") / "data"
     for name in BUILTIN_FILES:
