@@ -1,0 +1,86 @@
+"""Search through a collection, against the index or scan underneath it, in one run.
+
+A collection of ``--n`` synthetic unit vectors (the bundled model's width; search cost does not
+depend on values) is committed directly, then each query kind is timed through
+``Collection.search`` (SQLite snapshot, index sync, row -> path lookup: everything but encoding,
+since ``--like`` reuses a stored vector) beside the core call it wraps on the same data:
+``exact_topk`` for exact search, ``AnnIndex.search`` for the HNSW index, the projected scan for a
+conditional query. The ratio (pipeline / core) has the goal <= 1.5.
+
+Run: .venv/bin/python benchmarks/collection_search.py [--n 250000] [--repeats 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sharpclip.methods.conditional import project
+from sharpclip.search import condition_projection
+from sharpclip.store.collection import Collection, ItemUpdate
+from sharpclip.store.search_index import exact_topk
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
+
+
+def fill(coll: Collection, n: int, batch: int = 50_000) -> None:
+    rng = np.random.default_rng(0)
+    with coll.writing():
+        for start in range(0, n, batch):
+            m = min(batch, n - start)
+            vectors = rng.standard_normal((m, coll.info.dim)).astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            coll.commit([ItemUpdate(f"/synthetic/{start + i}.jpg", f"h{start + i}", 1, 1,
+                                    vector_index=i) for i in range(m)], vectors)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=250_000)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--k", type=int, default=10)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        coll = Collection.create(Path(tmp) / "c.sc", "bundled")
+        fill(coll, args.n)
+        like = "/synthetic/5.jpg"
+        query = np.array(coll.vectors()[coll.item(like).row])[None, :]
+        vectors, mask = coll.vectors(), coll.live_mask()
+        coll.search(like=like, k=args.k)  # builds the HNSW index when n is above the threshold
+        index = coll._ann[1] if coll._ann is not None else None
+        W, gallery = condition_projection(coll, "colour")
+        rows = [
+            ("exact", lambda: coll.search(like=like, k=args.k, exact=True),
+             lambda: exact_topk(vectors, query, args.k, valid=mask)),
+            ("conditional (colour, cache warm)",
+             lambda: coll.search(like=like, k=args.k, condition="colour"),
+             lambda: exact_topk(gallery, project(query, W), args.k, valid=mask)),
+        ]
+        if index is not None:
+            rows.insert(1, ("HNSW", lambda: coll.search(like=like, k=args.k),
+                            lambda: index.search(query, args.k)))
+        print(f"{datetime.date.today()} {platform.machine()}, {args.n} items x {coll.info.dim} "
+              f"(synthetic), k={args.k}, median of {args.repeats}")
+        print("| query | Collection.search ms | core ms | ratio (goal <= 1.5) |\n|---|---|---|---|")
+        for name, pipeline, core in rows:
+            p, c = median_ms(pipeline, args.repeats), median_ms(core, args.repeats)
+            print(f"| {name} | {p:.2f} | {c:.2f} | {p / c:.2f} |", flush=True)
+        coll.close()
+
+
+if __name__ == "__main__":
+    main()
