@@ -182,3 +182,7 @@ def test_rows_committed_after_the_vectors_were_read_are_skipped(tmp_path, model,
         _, rows = coll.nearest(vectors[25:], 5, config=config)
         assert rows.max() < 25
     assert coll.live_mask().sum() == 25
+    monkeypatch.undo()  # the next search sees the new rows, the ANN index included
+    for config in (SearchConfig(), SearchConfig(ann_threshold=1)):
+        _, rows = coll.nearest(vectors[25:], 1, config=config)
+        assert rows[:, 0].tolist() == list(range(25, 30))

@@ -434,7 +434,10 @@ class Collection:
         config = config or SearchConfig()
         vectors = self.vectors()
         generation, live, _ = self._live_snapshot()
-        live = live[live < len(vectors)]  # rows committed after `vectors` was read wait a turn
+        if len(live) and live[-1] >= len(vectors):
+            # Rows committed after `vectors` was read wait for the next search; so that it syncs
+            # them, the index must not be kept as up to date with this generation.
+            live, generation = live[live < len(vectors)], -1
         if not self.uses_ann(len(live), exact, config):
             return exact_topk(vectors, queries, k, valid=_row_mask(live, len(vectors)))
         return self._synced_ann(vectors, live, generation, config).search(queries, k)
