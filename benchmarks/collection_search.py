@@ -16,25 +16,15 @@ import argparse
 import datetime
 import platform
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from timing import median_ms
 
 from sharpclip.methods.conditional import project
 from sharpclip.search import condition_projection
 from sharpclip.store.collection import Collection, ItemUpdate
 from sharpclip.store.search_index import exact_topk
-
-
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
 
 
 def fill(coll: Collection, n: int, batch: int = 50_000) -> None:

@@ -19,22 +19,13 @@ import platform
 import time
 
 import numpy as np
+from timing import median_ms
 
 from sharpclip.concepts import load_vocabulary
 from sharpclip.data.shapes import ShapesConfig, generate
 from sharpclip.methods.conditional import gallery_mean, project, projection_matrix
 from sharpclip.models import load_model
 from sharpclip.store.search_index import exact_topk
-
-
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
 
 
 def main() -> None:
