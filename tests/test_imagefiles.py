@@ -311,11 +311,17 @@ def test_permission_error_is_unreadable(tmp_path, monkeypatch):
     path = tmp_path / "locked.png"
     Image.new("RGB", (4, 4), RED).save(path)
 
-    def refuse(file, *args, **kwargs):
-        raise PermissionError(13, "Permission denied", str(file))
+    real_open = os.open
 
-    monkeypatch.setattr(imf, "open", refuse, raising=False)
+    def refuse(file, *args, **kwargs):
+        if os.fspath(file) == str(path):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse)
     assert _reason(path) == "unreadable"
+    with pytest.raises(PermissionError):
+        imf.content_hash(path)
 
 
 def test_missing_file_and_directory(tmp_path):
@@ -433,3 +439,208 @@ def test_file_fingerprint_changes_with_the_file(tmp_path):
         imf.file_fingerprint(tmp_path / "gone.png")
     with pytest.raises(FileNotFoundError):
         imf.content_hash(tmp_path / "gone.png")
+
+
+# --------------------------------------------------------------------- links and special files
+
+
+def _call_and_send(send, function, args):
+    try:
+        outcome = ("returned", function(*args))
+    except BaseException as error:  # noqa: BLE001 -- sent back to the test to inspect
+        outcome = ("raised", error)
+    send.send(outcome)
+
+
+def _promptly(function, *args, seconds=5.0):
+    """``(how, value)`` of ``function(*args)`` run in a forked child: ``("returned", result)`` or
+    ``("raised", exception)``, pickled back. Fails the test if the call takes over ``seconds``
+    (it blocked), and kills the child, so a regression hangs nowhere."""
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_call_and_send, args=(send, function, args), daemon=True)
+    child.start()
+    send.close()
+    try:
+        if not receive.poll(seconds):
+            child.kill()
+            pytest.fail(f"{function.__name__}{args} did not return within {seconds} s")
+        return receive.recv()
+    finally:
+        child.join()
+        receive.close()
+
+
+needs_fork = pytest.mark.skipif(
+    "fork" not in multiprocessing.get_all_start_methods(), reason="no fork"
+)
+
+
+def _links(tmp_path):
+    """d/ with a link loop (a.jpg, b.jpg), a dangling link (gone.jpg), a link to a file outside
+    (out.jpg -> elsewhere/x.jpg), a link to a directory (dirlink.jpg) and a plain file."""
+    d, elsewhere = tmp_path / "d", tmp_path / "elsewhere"
+    d.mkdir()
+    elsewhere.mkdir()
+    Image.new("RGB", (4, 4), RED).save(elsewhere / "x.jpg")
+    Image.new("RGB", (4, 4), BLUE).save(d / "plain.png")
+    os.symlink("b.jpg", d / "a.jpg")
+    os.symlink("a.jpg", d / "b.jpg")
+    os.symlink("missing.jpg", d / "gone.jpg")
+    os.symlink(elsewhere / "x.jpg", d / "out.jpg")
+    os.symlink(elsewhere, d / "dirlink.jpg", target_is_directory=True)
+    return d, elsewhere
+
+
+def test_path_key_keeps_the_final_name_and_resolves_the_directories(tmp_path, monkeypatch):
+    d, _ = _links(tmp_path)
+    real = d.resolve()
+    os.symlink(d, tmp_path / "alias", target_is_directory=True)
+    # A link to a file is keyed by its own name, in its resolved directory.
+    assert imf.path_key(tmp_path / "alias" / "out.jpg") == str(real / "out.jpg")
+    assert imf.path_key(d / "gone.jpg") == str(real / "gone.jpg")
+    assert imf.path_key(d / "a.jpg") == str(real / "a.jpg")  # a loop itself: no error
+    assert imf.path_key(d / "no-such.jpg") == str(real / "no-such.jpg")  # need not exist
+    # ".." after a linked directory goes up from its target, as the operating system does.
+    assert imf.path_key(d / "dirlink.jpg" / ".." / "z.jpg") == str(tmp_path.resolve() / "z.jpg")
+    monkeypatch.chdir(d)
+    assert imf.path_key("out.jpg") == str(real / "out.jpg")
+    monkeypatch.setenv("HOME", str(tmp_path / "alias"))
+    assert imf.path_key("~/out.jpg") == str(real / "out.jpg")
+    assert imf.path_key(imf.path_key("out.jpg")) == imf.path_key("out.jpg")
+
+
+def test_path_key_never_raises_on_directory_loops(tmp_path):
+    os.symlink("l2", tmp_path / "l1")
+    os.symlink("l1", tmp_path / "l2")
+    key = imf.path_key(tmp_path / "l1" / "x.jpg")  # resolving l1 loops: kept as written
+    assert key == os.path.join(os.path.abspath(tmp_path / "l1"), "x.jpg")
+    assert imf.path_key(tmp_path / "l1") == str(tmp_path.resolve() / "l1")
+    with pytest.raises(ImageFileError) as info:
+        load_rgb(tmp_path / "l1" / "x.jpg")
+    assert info.value.reason == "unreadable"
+    assert "a folder in this path is a symbolic link loop" in str(info.value)
+
+
+def test_find_images_lists_links_under_their_own_names(tmp_path):
+    d, elsewhere = _links(tmp_path)
+    real = d.resolve()
+    expected = [real / name for name in ("a.jpg", "b.jpg", "gone.jpg", "out.jpg", "plain.png")]
+    assert find_images([d]) == expected  # the link to a directory is neither followed nor listed
+    # Given explicitly, the same names; a dangling link or a loop is a name that exists.
+    assert find_images([d / "out.jpg", d / "gone.jpg", d / "a.jpg", d / "plain.png"]) == [
+        real / "a.jpg",
+        real / "gone.jpg",
+        real / "out.jpg",
+        real / "plain.png",
+    ]
+    assert find_images([d, d / "out.jpg", elsewhere]) == expected + [elsewhere.resolve() / "x.jpg"]
+
+
+def test_link_loop_and_dangling_link_say_what_the_link_is(tmp_path):
+    d, _ = _links(tmp_path)
+    with pytest.raises(ImageFileError) as info:
+        load_rgb(d / "a.jpg")
+    assert info.value.reason == "unreadable" and str(d / "a.jpg") in str(info.value)
+    assert "symbolic link loop" in str(info.value) and "fix or remove the link" in str(info.value)
+    with pytest.raises(ImageFileError) as info:
+        load_rgb(d / "gone.jpg")
+    assert info.value.reason == "missing" and str(d / "gone.jpg") in str(info.value)
+    assert "symbolic link to a missing target" in str(info.value)
+    assert "'missing.jpg'" in str(info.value)
+    assert load_rgb(d / "out.jpg").getpixel((1, 1)) != WHITE  # a link to a file reads its target
+    with pytest.raises(OSError):
+        imf.content_hash(d / "a.jpg")
+    with pytest.raises(FileNotFoundError):
+        imf.content_hash(d / "gone.jpg")
+
+
+def _special_files(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    os.mkfifo(d / "pipe.jpg")
+    files = [d / "pipe.jpg"]
+    if os.path.exists("/dev/zero"):
+        os.symlink("/dev/zero", d / "zero.jpg")
+        files.append(d / "zero.jpg")
+    return d, files
+
+
+@needs_fork
+def test_fifos_and_devices_are_refused_without_blocking(tmp_path):
+    d, files = _special_files(tmp_path)
+    assert find_images([d]) == [d.resolve() / p.name for p in files]  # listed, to be recorded
+    for path in files:
+        how, error = _promptly(load_rgb, path)
+        assert how == "raised" and isinstance(error, ImageFileError), (path, how, error)
+        assert error.reason == "not_a_file" and str(path) in str(error)
+        assert "not a regular image file" in str(error) and "move it out" in str(error)
+        how, error = _promptly(imf.content_hash, path)
+        assert how == "raised" and isinstance(error, OSError), (path, how, error)
+        assert isinstance(error, imf.NotARegularFileError) and error.errno is not None
+        assert str(path) in str(error) and "not a regular" in str(error)
+    assert "FIFO" in str(_promptly(load_rgb, d / "pipe.jpg")[1])
+    if len(files) > 1:
+        message = str(_promptly(load_rgb, d / "zero.jpg")[1])
+        assert "character device" in message and "/dev/zero" in message
+
+
+@needs_fork
+def test_a_file_swapped_after_stat_is_caught_on_the_open_descriptor(tmp_path, monkeypatch):
+    d, _ = _special_files(tmp_path)
+    regular = d / "real.png"
+    Image.new("RGB", (4, 4), RED).save(regular)
+    pipe = str(d / "pipe.jpg")
+    real_stat = os.stat
+
+    def stale_stat(path, *args, **kwargs):  # what stat said before the FIFO was swapped in
+        return real_stat(regular if os.fspath(path) == pipe else path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stale_stat)
+    how, error = _promptly(load_rgb, pipe)
+    assert how == "raised" and getattr(error, "reason", None) == "not_a_file", (how, error)
+    how, error = _promptly(imf.content_hash, pipe)
+    assert how == "raised" and isinstance(error, imf.NotARegularFileError), (how, error)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can list a chmod 000 folder")
+def test_unlistable_folder_is_reported(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "a.jpg").write_bytes(b"x")
+    (tmp_path / "b.jpg").write_bytes(b"x")
+    locked.chmod(0)
+    try:
+        unlistable = []
+        assert find_images([tmp_path], unlistable=unlistable) == [tmp_path.resolve() / "b.jpg"]
+        assert [key for key, _ in unlistable] == [imf.path_key(locked)]
+        assert "Permission denied" in unlistable[0][1]
+    finally:
+        locked.chmod(0o755)
+
+
+def test_unlistable_folder_is_reported_even_as_root(tmp_path, monkeypatch, caplog):
+    locked = tmp_path / "sub" / "locked"
+    locked.mkdir(parents=True)
+    (locked / "a.jpg").write_bytes(b"x")
+    (tmp_path / "b.jpg").write_bytes(b"x")
+    real_scandir = os.scandir
+
+    def refuse(path="."):
+        if os.path.abspath(path) == str(locked):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refuse)
+    unlistable = []
+    with caplog.at_level("WARNING", logger=imf.__name__):
+        found = find_images([tmp_path, tmp_path / "sub"], unlistable=unlistable)
+    assert found == [tmp_path.resolve() / "b.jpg"]
+    key = imf.path_key(locked)
+    message = (
+        f"{key}: cannot list this folder (Permission denied); "
+        "make it readable to this user or leave it out"
+    )
+    assert unlistable == [(key, message)]  # once, though two given paths reach it
+    assert str(locked) in caplog.text
+    assert find_images([tmp_path]) == found  # without the list: logged and skipped, as before

@@ -94,10 +94,12 @@ def test_ann_agrees_with_exact(gallery):
     queries = coll.model.encode_texts([f"a photo of a {c} {s}" for c in ("red", "blue", "green")
                                        for s in ("circle", "star", "square")])
     _, exact_rows = coll.nearest(queries, 10, exact=True)
+    with coll.writing():  # the writer builds the index; searches only read it
+        assert coll.sync_index(SearchConfig(ann_threshold=1))
+    assert (coll.path / "index" / "image.faiss").exists() and coll.has_index()
     _, ann_rows = coll.nearest(queries, 10, config=SearchConfig(ann_threshold=1))
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(ann_rows, exact_rows)])
     assert recall >= 0.95
-    assert (coll.path / "index" / "image.faiss").exists()
 
 
 def test_real_photos_end_to_end_through_the_cli(tmp_path, capsys):
@@ -135,54 +137,64 @@ def test_real_photos_end_to_end_through_the_cli(tmp_path, capsys):
     assert main(["index", str(folder), "-c", coll, "--model", str(tmp_path / "nope"), "-q"]) == 1
 
 
-def test_ann_index_kept_between_searches_follows_commits_and_removals(tmp_path, model):
+def unit_vectors(rng, n, dim):
+    v = rng.standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def commit_synthetic(coll, names, vectors):
+    with coll.writing():
+        coll.commit([ItemUpdate(f"/nowhere/{name}.png", name, 1, 1, vector_index=i)
+                     for i, name in enumerate(names)], vectors)
+
+
+def test_searches_read_the_writers_index_and_make_up_for_its_lag(tmp_path, model):
+    """Only the writer saves the index; a search between two syncs masks the rows removed since
+    and scans the rows added since exactly, so it agrees with the exact scan throughout."""
     rng = np.random.default_rng(0)
-
-    def unit(n):
-        v = rng.standard_normal((n, model.dim)).astype(np.float32)
-        return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-    def commit(coll, names, vectors):
-        with coll.writing():
-            coll.commit([ItemUpdate(f"/nowhere/{name}.png", name, 1, 1, vector_index=i)
-                         for i, name in enumerate(names)], vectors)
-
     ann = SearchConfig(ann_threshold=1)
-    queries = unit(5)
+    queries = unit_vectors(rng, 5, model.dim)
     coll = Collection.create(tmp_path / "c.sc", model)
-    commit(coll, [f"a{i}" for i in range(50)], unit(50))
+    commit_synthetic(coll, [f"a{i}" for i in range(50)], unit_vectors(rng, 50, model.dim))
+    assert not coll.has_index()  # nothing built it: the search scans exactly
     np.testing.assert_array_equal(coll.nearest(queries, 10, config=ann)[1],
                                   coll.nearest(queries, 10, exact=True)[1])
-    commit(coll, [f"b{i}" for i in range(20)], unit(20))
+    assert not (coll.path / "index").exists()
+    with coll.writing():
+        assert coll.sync_index(ann)
+    file = coll.path / "index" / "image.faiss"
+    saved = file.stat().st_mtime_ns
+    commit_synthetic(coll, [f"b{i}" for i in range(20)], unit_vectors(rng, 20, model.dim))
     with coll.writing():
         coll.remove([f"/nowhere/a{i}.png" for i in range(0, 50, 5)])
     _, rows = coll.nearest(queries, 10, config=ann)
     np.testing.assert_array_equal(rows, coll.nearest(queries, 10, exact=True)[1])
     assert set(rows.ravel()) <= set(coll.live_rows()[0].tolist())
+    assert (rows >= 50).any()  # rows the saved index does not hold yet are found
+    assert file.stat().st_mtime_ns == saved  # the search wrote nothing
     asked = {*rows.ravel().tolist(), 0, 5, -1, 10**6}  # row 0 and 5 belong to removed items
     expected = {i.row: (i.id, i.path) for i in coll.items("ok") if i.row in asked}
     assert coll.paths_for_rows(sorted(asked)) == expected and 0 not in expected
-    with Collection.open(coll.path) as reopened:  # the synced index was saved
+    with coll.writing():
+        assert coll.sync_index(ann)
+        assert not coll.sync_index(ann)  # already up to date: not written again
+    with Collection.open(coll.path) as reopened:
+        index, fresh = reopened._reader_ann(reopened.snapshot())
+        assert fresh.size == 0 and len(index) == 60
         np.testing.assert_array_equal(reopened.nearest(queries, 10, config=ann)[1], rows)
 
 
-def test_rows_committed_after_the_vectors_were_read_are_skipped(tmp_path, model, monkeypatch):
-    """A search reads the vector file, then the live rows; a commit by another process between
-    the two must not break it (the new rows simply wait for the next search)."""
+def test_a_snapshot_never_mixes_two_commits(tmp_path, model):
+    """The generation, the vector file and the live rows are read together: a commit by another
+    process after the snapshot changes nothing in it, and the next snapshot sees it whole."""
     rng = np.random.default_rng(1)
-    vectors = rng.standard_normal((30, model.dim)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     coll = Collection.create(tmp_path / "c.sc", model)
-    with coll.writing():
-        coll.commit([ItemUpdate(f"/nowhere/{i}.png", str(i), 1, 1, vector_index=i)
-                     for i in range(30)], vectors)
-    read_before_commit = coll.vectors()[:25]
-    monkeypatch.setattr(coll, "vectors", lambda name="image": read_before_commit)
-    for config in (SearchConfig(), SearchConfig(ann_threshold=1)):
-        _, rows = coll.nearest(vectors[25:], 5, config=config)
-        assert rows.max() < 25
-    assert coll.live_mask().sum() == 25
-    monkeypatch.undo()  # the next search sees the new rows, the ANN index included
-    for config in (SearchConfig(), SearchConfig(ann_threshold=1)):
-        _, rows = coll.nearest(vectors[25:], 1, config=config)
-        assert rows[:, 0].tolist() == list(range(25, 30))
+    commit_synthetic(coll, [str(i) for i in range(25)], unit_vectors(rng, 25, model.dim))
+    before = coll.snapshot()
+    with Collection.open(coll.path) as other:
+        commit_synthetic(other, [str(i) for i in range(25, 30)], unit_vectors(rng, 5, model.dim))
+    assert (before.rows, len(before.live_rows)) == (25, 25)
+    assert coll.vectors(snapshot=before).shape[0] == 25
+    after, vectors = coll.read_vectors()
+    assert after.generation == before.generation + 1
+    assert (after.rows, len(after.live_rows), vectors.shape[0]) == (30, 30, 30)

@@ -3,7 +3,9 @@
 One pass: find image files under the given paths; skip files whose size and mtime are unchanged;
 recognise moved files by content hash (no re-embedding); decode and preprocess the rest in worker
 processes while the model embeds the previous batch; commit every batch atomically (see
-``store.collection``); record bad files with their reason; forget files gone from disk.
+``store.collection``); record bad files (and folders that cannot be listed) with their reason;
+forget files gone from disk; last, bring the ANN index up to date under the writer's lock, so that
+no search ever has to build it.
 """
 
 from __future__ import annotations
@@ -14,19 +16,27 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from sharpclip.data.imagefiles import (
     DEFAULT_MAX_PIXELS,
     ImageFileError,
+    NotARegularFileError,
     content_hash,
     file_fingerprint,
     find_images,
     load_rgb,
+    path_key,
 )
 from sharpclip.store.collection import Collection, ItemUpdate
+
+BUNDLED_PHOTO_SIDE = 128  # images larger than this are not Shapes scenes (the bundled model's)
+BUNDLED_NOTE = (
+    "note: the bundled model was trained only on the Shapes benchmark (64-pixel synthetic scenes) "
+    "and is not meant for photos; index photos with a real checkpoint into a new collection, "
+    "e.g. --model openai/clip-vit-base-patch32 (a hub id or a local Hugging Face directory)"
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,12 @@ class IndexConfig:
     draft: bool = False
     prefetch: int = 128  # decoded images waiting for the model, at most
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name, low in (("workers", 0), ("batch_size", 1), ("max_pixels", 1), ("prefetch", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 @dataclass
@@ -55,6 +71,7 @@ class IndexReport:
     seconds: float = 0.0
     embedded: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # repairs made, advice: one line each
 
     def summary(self) -> str:
         """One line for the end of a run."""
@@ -91,19 +108,26 @@ def _init_worker(preprocess, max_pixels: int, draft_size: int | None) -> None:
 
 
 def _decode(path: str) -> _Decoded:
-    """Hash, decode and preprocess one file (runs in a worker process)."""
+    """Decode, preprocess and hash one file (runs in a worker process). Only regular files are
+    opened (load_rgb refuses FIFOs and devices before reading), so no file can hang a run."""
     try:
         size, mtime_ns = file_fingerprint(path)
-    except OSError as error:
-        return _Decoded(path, None, 0, 0, reason="unreadable", error=str(error))
+    except OSError:  # a dangling link or a link loop: stamp the link itself; load_rgb says why
+        try:
+            stat = os.lstat(path)
+            size, mtime_ns = stat.st_size, stat.st_mtime_ns
+        except OSError:
+            size, mtime_ns = 0, 0
     try:
-        digest = content_hash(path)
         image = load_rgb(path, max_pixels=_WORKER["max_pixels"], draft_size=_WORKER["draft_size"])
         pixels = _WORKER["preprocess"](image)
+        digest = content_hash(path)
     except ImageFileError as error:
         return _Decoded(path, None, size, mtime_ns, reason=error.reason, error=str(error))
+    except NotARegularFileError as error:  # swapped for a FIFO or device after load_rgb read it
+        return _Decoded(path, None, size, mtime_ns, reason="not_a_file", error=str(error))
     except OSError as error:
-        return _Decoded(path, None, size, mtime_ns, reason="unreadable", error=str(error))
+        return _Decoded(path, None, size, mtime_ns, reason="unreadable", error=f"{path}: {error}")
     return _Decoded(path, digest, size, mtime_ns, pixels, image.width, image.height)
 
 
@@ -117,14 +141,16 @@ def index_paths(coll: Collection, paths: Iterable[str | os.PathLike],
     from tqdm import tqdm
 
     start = time.perf_counter()
-    roots = [str(Path(p).expanduser().resolve()) for p in paths]
-    files = [str(f) for f in find_images(roots)]
+    roots = [path_key(p) for p in paths]
+    unlistable: list[tuple[str, str]] = []
+    files = [str(f) for f in find_images(roots, unlistable=unlistable)]
     report = IndexReport()
     with coll.writing():
+        report.notes.extend(coll.repairs)
         known = {item.path: item for item in coll.items()}
-        on_disk = set(files)
+        on_disk = set(files) | {folder for folder, _ in unlistable}
         gone = {p: item for p, item in known.items() if p not in on_disk and _under(p, roots)
-                and not os.path.exists(p)}
+                and (not os.path.exists(p) or os.path.isdir(p))}
         todo = []
         for path in files:
             item = known.get(path)
@@ -139,6 +165,7 @@ def index_paths(coll: Collection, paths: Iterable[str | os.PathLike],
         todo = _recognise_moves(coll, todo, known, gone, report)
         if gone:
             report.removed = coll.remove(gone)
+        _record_unlistable(coll, unlistable, known, report)
         model = coll.model
         draft = max(model.preprocess.crop_hw) if config.draft else None
         bar = tqdm(total=len(todo), unit="img", desc="indexing", disable=not config.progress,
@@ -154,8 +181,25 @@ def index_paths(coll: Collection, paths: Iterable[str | os.PathLike],
             _commit_batch(coll, model, batch, known, report)
             bar.update(len(batch))
         bar.close()
+        coll.sync_index(progress=config.progress)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _record_unlistable(coll: Collection, folders: list[tuple[str, str]], known: dict,
+                       report: IndexReport) -> None:
+    """Record each folder that could not be listed as a failed entry (shown by ``status``)."""
+    updates = []
+    for folder, message in folders:
+        item = known.get(folder)
+        if item is not None and item.status == "error" and item.error == message:
+            continue
+        updates.append(ItemUpdate(folder, None, 0, 0, status="error", reason="unreadable",
+                                  error=message))
+        report.failed += 1
+        report.failures.append((folder, message))
+    if updates:
+        coll.commit(updates)
 
 
 def _recognise_moves(coll: Collection, todo: list[str], known: dict, gone: dict,
@@ -243,3 +287,6 @@ def _commit_batch(coll: Collection, model, batch: list[_Decoded], known: dict,
     vectors = model.encode_pixels(np.stack(pixels)) if pixels else None
     coll.commit(updates, vectors)
     report.embedded += len(pixels)
+    photo = any(max(d.width or 0, d.height or 0) > BUNDLED_PHOTO_SIDE for d in batch)
+    if photo and coll.info.model == "bundled" and BUNDLED_NOTE not in report.notes:
+        report.notes.append(BUNDLED_NOTE)

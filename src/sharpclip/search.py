@@ -87,7 +87,8 @@ def search(coll: Collection, text: str | None = None, image=None, like=None, k: 
     else:
         scores, rows = coll.nearest(query[None, :], k, exact=exact)
         scores, rows = scores[0], rows[0]
-        described["mode"] = "ann" if coll.uses_ann(len(coll.live_rows()[0]), exact) else "exact"
+        ann = coll.uses_ann(len(coll.live_rows()[0]), exact) and coll.has_index()
+        described["mode"] = "ann" if ann else "exact"
     timing["search"] = (time.perf_counter() - start) * 1e3
     located = coll.paths_for_rows(rows)
     hits = [Hit(located[int(r)][1], float(s), located[int(r)][0])
@@ -111,15 +112,15 @@ def condition_projection(coll: Collection, condition: str, concepts=None,
     name = f"condition-{digest[:16]}"
     W, gallery = coll.cache_get(name + "-w", key), coll.cache_get(name, key)
     if W is None or gallery is None:
-        vectors = coll.vectors()
-        mask = coll.live_mask(len(vectors))
+        snap, vectors = coll.read_vectors()  # the stamp is the generation the gallery is read at
+        mask = snap.live_mask()
         if not mask.any():
             raise ValueError(f"{coll.path} has no indexed images to compare")
         W = projection_matrix(coll.model.encode_texts(prompts), gallery_mean(vectors[mask]), config)
         gallery = np.concatenate([project(vectors[i:i + 65536], W)
                                   for i in range(0, len(vectors), 65536)])
-        coll.cache_put(name + "-w", key, W)
-        coll.cache_put(name, key, gallery)
+        coll.cache_put(name + "-w", key, W, snap.generation)
+        coll.cache_put(name, key, gallery, snap.generation)
     return np.asarray(W), gallery
 
 

@@ -2,17 +2,24 @@
 
 Three jobs, each a small function:
 
-- :func:`find_images` walks files and directories and lists the image files to index;
+- :func:`find_images` walks files and directories and lists the image files to index, each under
+  its :func:`path_key` (a symbolic link to a file under the link's own name, never its target);
 - :func:`load_rgb` decodes one file into a fully loaded 8-bit RGB :class:`PIL.Image.Image`, with the
   EXIF orientation applied and every pixel mode converted correctly (alpha onto white, 16-bit
   scaled rather than clipped), or raises :class:`ImageFileError` with a machine-friendly ``reason``;
 - :func:`file_fingerprint` and :func:`content_hash` tell whether a file changed since it was indexed.
 
+Only regular files are ever read. :func:`find_images` lists names, not contents, so a listed name
+may be a dangling link, a link loop, a FIFO or a device; :func:`load_rgb` and :func:`content_hash`
+open with ``O_NONBLOCK`` and check the open descriptor, so such a name fails at once (``missing``,
+``unreadable``, ``not_a_file``) instead of waiting for a writer or reading ``/dev/zero`` forever.
+
 A bad file never aborts a run: the caller catches :class:`ImageFileError`, records ``path``,
 ``reason`` and the message, and goes on. Every failure of :func:`load_rgb` on a file is that one
 exception type (a programming error, such as a negative ``max_pixels``, is a ``ValueError``);
 :func:`file_fingerprint` and :func:`content_hash` raise the plain ``OSError`` the operating system
-gave (a file gone between listing and hashing), like ``os.stat`` and ``open`` do.
+gave (a file gone between listing and hashing), like ``os.stat`` and ``open`` do, or a
+:class:`NotARegularFileError` (an ``OSError``) for a FIFO, socket or device.
 
 Formats: JPEG (and MPO), PNG, WebP, BMP, GIF and TIFF, plus HEIC/HEIF when the optional
 ``pillow-heif`` package is installed (``pip install 'sharpclip[heif]'``). Only those Pillow plugins
@@ -34,9 +41,11 @@ and is safe to call in worker processes; :class:`ImageFileError` pickles.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
+import stat
 import struct
 import warnings
 from collections.abc import Iterable
@@ -83,13 +92,15 @@ HASH_CHUNK_BYTES = 1 << 20
 
 REASONS = (
     "missing",  # the file does not exist (any more)
-    "unreadable",  # the operating system refused to read it (permissions, a directory, I/O error)
+    "unreadable",  # the operating system refused to read it (permissions, a directory, I/O error,
+    # a symbolic link loop)
     "empty",  # zero bytes
     "not_an_image",  # the content is none of the supported formats
     "unsupported",  # recognised, but this installation cannot decode it (e.g. HEIC without extra)
     "too_large",  # width * height over the pixel limit: a possible decompression bomb
     "truncated",  # the file ends before the image does
     "corrupt",  # the decoder failed on the content for another reason
+    "not_a_file",  # a FIFO, socket or character/block device (directly or via a symbolic link)
 )
 """Every ``ImageFileError.reason``; stable strings, safe to store and to group by."""
 
@@ -112,19 +123,57 @@ class ImageFileError(Exception):
         return f"{self.path}: {self.detail}"
 
 
+class NotARegularFileError(OSError):
+    """:func:`content_hash` was given a FIFO, socket or device; ``filename`` names it.
+
+    Built like any ``OSError``, ``(errno.EINVAL, detail, path)``, so it pickles;
+    ``str(error)`` is ``"path: detail"``.
+    """
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
+
 # --------------------------------------------------------------------------------------- finding
 
 
-def find_images(paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str]) -> list[Path]:
-    """List the image files under ``paths``: absolute, resolved, sorted and without duplicates.
+def path_key(path: str | os.PathLike[str]) -> str:
+    """The identity under which a file is stored in a collection: its absolute path, ``~``
+    expanded and every parent directory resolved, the final name kept as written.
+
+    A symbolic link to a file is keyed by the link's own path, not by its target, so a dangling
+    link or a link loop has a key too. Never raises for link loops: a parent directory that loops
+    is kept as ``os.path.abspath`` writes it. The file need not exist.
+    """
+    absolute = Path(os.path.expanduser(os.fspath(path))).absolute()
+    if absolute.name in ("", ".."):  # the root directory, or a path ending in ".."
+        return _resolved_dir(absolute)
+    return os.path.join(_resolved_dir(absolute.parent), absolute.name)
+
+
+def _resolved_dir(directory: str | os.PathLike[str]) -> str:
+    try:
+        return str(Path(directory).resolve())
+    except (OSError, RuntimeError):  # a loop: RuntimeError before Python 3.13
+        return os.path.abspath(directory)
+
+
+def find_images(
+    paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
+    unlistable: list[tuple[str, str]] | None = None,
+) -> list[Path]:
+    """List the image files under ``paths``, each as its :func:`path_key`: sorted, no duplicates.
 
     Directories are walked recursively. Only names whose suffix (any case) is in
     :data:`IMAGE_EXTENSIONS` are listed; below a given directory, hidden directories and files
     (names starting with ``.``, e.g. ``.git`` or macOS ``._IMG_1.jpg``) are skipped, as is every
     directory holding a :data:`COLLECTION_MARKER` file, with all it contains. Symbolic links to
-    directories are not followed (no cycles); links to files are listed as their targets. A file
-    given explicitly is listed if its suffix is an image suffix, hidden or not. Directories that
-    cannot be listed are logged and skipped. Contents are not checked here; :func:`load_rgb` does.
+    directories are not followed (no cycles); a link to a file is listed under the link's own
+    path, whatever it points to (a file elsewhere, nothing, itself), as are FIFOs and devices with
+    image names: :func:`load_rgb` reports them. A path given explicitly is listed if its suffix is
+    an image suffix, hidden or not (a dangling link counts as existing). Directories that cannot
+    be listed are logged and skipped; with ``unlistable``, each is also appended to it once, as
+    ``(path_key of the directory, message)``.
 
     Raises:
         FileNotFoundError: a given path does not exist.
@@ -132,22 +181,34 @@ def find_images(paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str]
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     found: set[Path] = set()
+    reported: set[str] = set()
     for given in paths:
         root = Path(given).expanduser()
-        if not root.exists():
+        if not os.path.lexists(root):
             raise FileNotFoundError(
                 f"{str(given)!r}: no such file or directory to look for images in; check the path"
             )
         if root.is_dir():
-            found.update(_walk(root))
+            found.update(_walk(root, unlistable, reported))
         elif _is_image_name(root.name):
-            found.add(root.resolve())
+            found.add(Path(path_key(root)))
     return sorted(found)
 
 
-def _walk(root: Path) -> Iterable[Path]:
+def _walk(
+    root: Path, unlistable: list[tuple[str, str]] | None, reported: set[str]
+) -> Iterable[Path]:
     def log_error(error: OSError) -> None:
-        logger.warning("skipping %s: cannot list it (%s)", error.filename, error.strerror)
+        reason = error.strerror or str(error)
+        logger.warning("skipping %s: cannot list it (%s)", error.filename, reason)
+        key = path_key(error.filename) if error.filename is not None else str(root)
+        if unlistable is not None and key not in reported:
+            reported.add(key)
+            message = (
+                f"{key}: cannot list this folder ({reason}); "
+                "make it readable to this user or leave it out"
+            )
+            unlistable.append((key, message))
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=log_error):
         if COLLECTION_MARKER in filenames:
@@ -155,9 +216,11 @@ def _walk(root: Path) -> Iterable[Path]:
             dirnames[:] = []
             continue
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        directory = None  # resolved once per directory: path_key of each name in it
         for name in filenames:
             if not name.startswith(".") and _is_image_name(name):
-                yield Path(dirpath, name).resolve()
+                directory = directory or _resolved_dir(dirpath)
+                yield Path(directory, name)
 
 
 def _is_image_name(name: str) -> bool:
@@ -174,12 +237,13 @@ def load_rgb(
 ) -> Image.Image:
     """Decode ``path`` into a fully loaded 8-bit RGB image, upright, holding no open file.
 
-    Steps: reject an empty file; open it with the supported Pillow plugins only; reject it if
-    ``width * height > max_pixels`` *before* decoding any pixel; for a JPEG given ``draft_size``,
-    let libjpeg decode at 1/2, 1/4 or 1/8 scale while both sides stay ``>= draft_size`` (fast
-    thumbnails; other formats decode at full size); decode the first frame only (animated GIF and
-    WebP, multi-page TIFF); apply the EXIF orientation (unreadable EXIF is ignored, with a log
-    line); convert to RGB (:func:`to_rgb`).
+    Steps: refuse anything but a regular file, at once (a FIFO or device is ``not_a_file``; it is
+    opened with ``O_NONBLOCK`` and checked on the open descriptor); reject an empty file; open it
+    with the supported Pillow plugins only; reject it if ``width * height > max_pixels`` *before*
+    decoding any pixel; for a JPEG given ``draft_size``, let libjpeg decode at 1/2, 1/4 or 1/8
+    scale while both sides stay ``>= draft_size`` (fast thumbnails; other formats decode at full
+    size); decode the first frame only (animated GIF and WebP, multi-page TIFF); apply the EXIF
+    orientation (unreadable EXIF is ignored, with a log line); convert to RGB (:func:`to_rgb`).
 
     Raises:
         ImageFileError: the file could not be read; ``reason`` says why (:data:`REASONS`).
@@ -191,13 +255,80 @@ def load_rgb(
         raise ValueError(f"draft_size must be a positive side length or None, got {draft_size}")
     path = Path(path)
     try:
-        if os.stat(path).st_size == 0:
-            raise ImageFileError(path, "empty", "the file is empty (0 bytes); remove or replace it")
-        with open(path, "rb") as fp:
+        fp, size = _open_regular(path)
+        with fp:
+            if size == 0:
+                raise ImageFileError(
+                    path, "empty", "the file is empty (0 bytes); remove or replace it"
+                )
             image = _upright(_decode(path, fp, max_pixels, draft_size), path)
-    except OSError as error:  # stat and open only: _decode wraps everything Pillow raises
+    except OSError as error:  # opening only: _decode wraps everything Pillow raises
         raise _os_error(path, error) from error
     return to_rgb(image, path)
+
+
+_OPEN_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NONBLOCK", 0)  # a FIFO opens at once instead of waiting for a writer
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_NOCTTY", 0)  # a terminal device never becomes the controlling terminal
+    | getattr(os, "O_BINARY", 0)
+)
+
+
+def _open_regular(path: str | os.PathLike[str]) -> tuple[BinaryIO, int]:
+    """``(binary file, size in bytes)`` of ``path``, opened without blocking, if a regular file.
+
+    Checked twice: by ``os.stat`` first, so that a FIFO or device is not even opened (opening some
+    devices has effects), and by ``os.fstat`` on the open descriptor, so that a file swapped in
+    between is caught too.
+
+    Raises:
+        OSError: from ``os.stat`` or ``os.open`` (e.g. FileNotFoundError), IsADirectoryError for a
+            directory, :class:`NotARegularFileError` for a FIFO, socket or device.
+    """
+    _check_regular(path, os.stat(path).st_mode)
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        st = os.fstat(fd)
+        _check_regular(path, st.st_mode)
+        if getattr(os, "O_NONBLOCK", 0):
+            os.set_blocking(fd, True)  # no effect on a regular file's reads; plain from here on
+        fp = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fp, st.st_size
+
+
+def _check_regular(path: str | os.PathLike[str], mode: int) -> None:
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
+    kind = _special_kind(mode)
+    if os.path.islink(path):
+        try:
+            kind = f"a symbolic link to {kind} ({os.readlink(path)})"
+        except OSError:
+            kind = f"a symbolic link to {kind}"
+    raise NotARegularFileError(
+        errno.EINVAL,
+        f"this is {kind}, not a regular image file; remove it or move it out of the folder",
+        os.fspath(path),
+    )
+
+
+def _special_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    return "a special file"
 
 
 def _decode(path: Path, fp: BinaryIO, max_pixels: int, draft_size: int | None) -> Image.Image:
@@ -247,8 +378,25 @@ def _upright(image: Image.Image, path: Path) -> Image.Image:
 
 
 def _os_error(path: Path, error: OSError) -> ImageFileError:
+    if isinstance(error, NotARegularFileError):
+        return ImageFileError(path, "not_a_file", error.strerror)
     if isinstance(error, FileNotFoundError):
-        return ImageFileError(path, "missing", "the file does not exist (moved or deleted?)")
+        try:
+            target = os.readlink(path)
+        except OSError:  # not a link (or gone too): the file itself is missing
+            return ImageFileError(path, "missing", "the file does not exist (moved or deleted?)")
+        return ImageFileError(
+            path,
+            "missing",
+            f"this is a symbolic link to a missing target ({target!r}); fix or remove the link",
+        )
+    if error.errno == errno.ELOOP:
+        what = "this is" if os.path.islink(path) else "a folder in this path is"
+        return ImageFileError(
+            path,
+            "unreadable",
+            f"{what} a symbolic link loop (ELOOP: it never reaches a file); fix or remove the link",
+        )
     if isinstance(error, PermissionError):
         return ImageFileError(
             path, "unreadable", "permission denied; make the file readable to this user"
@@ -364,8 +512,8 @@ def file_fingerprint(path: str | os.PathLike[str]) -> tuple[int, int]:
     Raises:
         OSError: from ``os.stat`` (e.g. FileNotFoundError).
     """
-    stat = os.stat(path)
-    return stat.st_size, stat.st_mtime_ns
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
 
 
 def content_hash(path: str | os.PathLike[str]) -> str:
@@ -373,13 +521,17 @@ def content_hash(path: str | os.PathLike[str]) -> str:
 
     SHA-256 rather than BLAKE2 so that a stored hash can be checked with ``sha256sum``.
 
+    Only a regular file is read (see :func:`load_rgb`): a FIFO or device fails at once.
+
     Raises:
-        OSError: from ``open`` or reading (e.g. FileNotFoundError, PermissionError).
+        OSError: from opening or reading (e.g. FileNotFoundError, PermissionError,
+            IsADirectoryError), or :class:`NotARegularFileError` for a FIFO, socket or device.
     """
     digest = hashlib.sha256()
     buffer = bytearray(HASH_CHUNK_BYTES)
     view = memoryview(buffer)
-    with open(path, "rb") as fp:
+    fp, _ = _open_regular(path)
+    with fp:
         while n := fp.readinto(buffer):
             digest.update(view[:n])
     return digest.hexdigest()

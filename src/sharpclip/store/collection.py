@@ -2,24 +2,36 @@
 
 Layout of ``COLL/``::
 
-    collection.sqlite      items (one row per file), meta (model, preprocessing), vector_sets
-    vectors/<set>.f32      append-only float32 rows, memory-mapped on read
-    cache/<name>.npy       derived arrays (e.g. a condition's gallery projection), keyed and
-                           stamped with the collection generation, so any add/remove invalidates them
-    index/<set>.faiss      the ANN index over a vector set, when the collection is large
+    collection.sqlite      the catalog: items (one row per file), meta (model, preprocessing),
+                           vector_sets (dim, committed rows, current file), vector_batches (a
+                           SHA-256 per committed batch of rows); schema in ``store.schema``
+    vectors/<file>.f32     append-only float32 rows, memory-mapped on read
+    cache/<name>.npy       derived arrays (e.g. a condition's gallery projection), keyed, stamped
+                           with the collection generation and checksummed: any add/remove
+                           invalidates them, a damaged one is recomputed
+    index/<file>.faiss     the ANN index over a vector file, when the collection is large
     lock                   held (flock) by the one writer
 
 Crash safety: a batch's vectors are appended and flushed first, then one SQLite transaction records
-the items and the vector set's new row count. Rows past the recorded count are a torn tail from an
-interrupted run and are truncated by the next writer, so a kill at any point loses no committed item
-and never duplicates one.
+the items, the vector set's new row count and the batch's checksum. Rows past the recorded count
+are a torn tail from an interrupted run and are trimmed by the next writer, so a kill at any point
+loses no committed item and never duplicates one. A vector file *shorter* than its committed rows
+(deleted or truncated by something else) is never padded: readers refuse it, and the next writer
+marks the items whose vectors are gone as ``vectors_lost`` so that ``index`` re-embeds them.
+
+Readers take one SQLite snapshot of the generation, the vector file and the live rows together, so
+a concurrent writer (or ``compact``, which renumbers rows) can never mix two states.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import hashlib
 import json
+import logging
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -29,37 +41,17 @@ from pathlib import Path
 
 import numpy as np
 
-from sharpclip.data.imagefiles import COLLECTION_MARKER
+from sharpclip.data.imagefiles import COLLECTION_MARKER, path_key
+from sharpclip.store import schema
+from sharpclip.store.faults import crash_point
 from sharpclip.store.search_index import AnnIndex, SearchConfig, exact_topk, needs_ann
 
-SCHEMA_VERSION = 1
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = schema.SCHEMA_VERSION
 DB_NAME = COLLECTION_MARKER  # find_images skips folders holding it
 IMAGE_SET = "image"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS items (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    path TEXT NOT NULL UNIQUE,
-    hash TEXT,
-    size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL,
-    width INTEGER,
-    height INTEGER,
-    status TEXT NOT NULL CHECK (status IN ('ok', 'error')),
-    reason TEXT,
-    error TEXT,
-    row INTEGER,
-    added_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS items_hash ON items (hash);
-CREATE TABLE IF NOT EXISTS vector_sets (
-    name TEXT PRIMARY KEY,
-    dim INTEGER NOT NULL,
-    rows INTEGER NOT NULL
-);
-"""
+VECTORS_LOST = "vectors_lost"  # items.reason of an item whose stored vector was lost
 
 
 class CollectionError(ValueError):
@@ -130,6 +122,37 @@ def _model_spec(model) -> str:
     return str(path.resolve()) if name != "bundled" and path.is_dir() else name
 
 
+class CollectionExistsError(CollectionError):
+    """``create`` found a collection at the path (possibly made by a concurrent ``index``)."""
+
+
+class DamagedCollectionError(CollectionError):
+    """The collection's files disagree with its catalog; the message names the repair."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a reader sees, read in one SQLite transaction: a generation, one vector set's
+    committed rows and file, and the rows (ascending) and ids of the live items."""
+
+    generation: int
+    vector_set: str
+    dim: int
+    rows: int
+    file: Path
+    live_rows: np.ndarray
+    live_ids: np.ndarray
+
+    def live_mask(self, n: int | None = None) -> np.ndarray:
+        """Boolean mask over the first ``n`` rows (default: all committed): True where live."""
+        return _row_mask(self.live_rows, self.rows if n is None else n)
+
+
+def index_file_for(vector_file: Path) -> Path:
+    """The ANN index file that belongs to a vector file (a new file after ``compact``)."""
+    return vector_file.parent.parent / "index" / f"{vector_file.stem}.faiss"
+
+
 class Collection:
     """A directory-backed image collection (see the module docstring for the layout)."""
 
@@ -138,12 +161,12 @@ class Collection:
         self.info = info
         self._model = model
         # Derived from the database, kept per generation: reused while nothing was committed.
-        self._live: tuple[int, np.ndarray, np.ndarray] | None = None
-        self._ann: tuple[int, AnnIndex] | None = None
-        self._db = sqlite3.connect(self.path / DB_NAME, timeout=60, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
+        self._snap: Snapshot | None = None
+        self._ann: tuple[int, tuple, AnnIndex, np.ndarray] | None = None
+        self._verified_caches: dict[str, tuple] = {}
+        self._warned: set[str] = set()
+        self.repairs: list[str] = []  # what the writer repaired on taking the lock, for reports
+        self._db = _connect(self.path / DB_NAME)
 
     # -- creating and opening -------------------------------------------------------------------
 
@@ -154,7 +177,7 @@ class Collection:
 
         path = Path(path).expanduser()
         if (path / DB_NAME).exists():
-            raise CollectionError(f"{path} is already a collection; open it instead")
+            raise CollectionExistsError(f"{path} is already a collection; open it instead")
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise CollectionError(f"{path} exists and is not an empty directory; choose a new path")
         loaded = load_model(model) if isinstance(model, str) else model
@@ -164,44 +187,45 @@ class Collection:
         )
         # Built beside the target and renamed into place, so a killed create leaves no half collection.
         staging = path.parent / f".{path.name}.creating-{os.getpid()}"
-        (staging / "vectors").mkdir(parents=True)
-        db = sqlite3.connect(staging / DB_NAME, isolation_level=None)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("BEGIN")
-            for statement in _SCHEMA.strip().split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            rows = {"schema_version": SCHEMA_VERSION, "generation": 0, **info.__dict__}
-            db.executemany("INSERT INTO meta VALUES (?, ?)",
-                           [(k, json.dumps(v)) for k, v in rows.items()])
-            db.execute("INSERT INTO vector_sets VALUES (?, ?, 0)", (IMAGE_SET, info.dim))
-            db.execute("COMMIT")
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        finally:
-            db.close()
-        if path.exists():
-            path.rmdir()
-        os.rename(staging, path)
+            _write_empty_collection(staging, info)
+            if path.exists():
+                path.rmdir()
+            os.rename(staging, path)
+        except OSError as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            if (path / DB_NAME).exists():  # another process created it first
+                raise CollectionExistsError(f"{path} was just created by another process; "
+                                            "open it instead") from None
+            if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise CollectionError(f"{path} exists and is not an empty directory; "
+                                      "choose a new path") from None
+            raise
         return cls(path, info, loaded)
 
     @classmethod
     def open(cls, path: str | os.PathLike, model=None) -> Collection:
-        """Open an existing collection; ``model`` (spec or loaded) must match the one it was built with."""
+        """Open an existing collection; ``model`` (spec or loaded) must match the one it was built
+        with. A collection of an older schema is migrated; a newer one is refused."""
         path = Path(path).expanduser()
-        if not (path / DB_NAME).is_file():
+        db_file = path / DB_NAME
+        if not db_file.is_file():
             raise CollectionError(
                 f"{path} is not a sharpclip collection (no {DB_NAME}); create it with "
                 f"`sharpclip index FOLDER -c {path}`"
             )
-        db = sqlite3.connect(path / DB_NAME, timeout=60)
         try:
-            meta = {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
-        finally:
-            db.close()
-        if meta.get("schema_version") != SCHEMA_VERSION:
-            raise CollectionError(f"{path}: unsupported collection schema {meta.get('schema_version')}")
-        info = CollectionInfo(**{k: meta[k] for k in CollectionInfo.__dataclass_fields__})
+            db = _connect(db_file)
+            try:
+                schema.migrate(db, path)
+                meta = {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
+            finally:
+                db.close()
+            info = CollectionInfo(**{k: meta[k] for k in CollectionInfo.__dataclass_fields__})
+        except schema.SchemaError as error:
+            raise CollectionError(str(error)) from None
+        except (sqlite3.DatabaseError, KeyError, TypeError, ValueError) as error:
+            raise DamagedCollectionError(catalog_damage_message(path, error)) from None
         loaded = None
         if model is not None:
             from sharpclip.models import load_model
@@ -217,10 +241,14 @@ class Collection:
 
     @classmethod
     def open_or_create(cls, path: str | os.PathLike, model=None) -> Collection:
-        """Open ``path`` if it is a collection, else create it (with ``model`` or the bundled one)."""
-        if (Path(path).expanduser() / DB_NAME).is_file():
-            return cls.open(path, model)
-        return cls.create(path, "bundled" if model is None else model)
+        """Open ``path`` if it is a collection, else create it (with ``model`` or the bundled one);
+        when another process creates it at the same moment, its collection is opened."""
+        if not (Path(path).expanduser() / DB_NAME).is_file():
+            try:
+                return cls.create(path, "bundled" if model is None else model)
+            except CollectionExistsError:
+                pass
+        return cls.open(path, model)
 
     def close(self) -> None:
         """Close the database connection."""
@@ -265,9 +293,9 @@ class Collection:
         return [Item(*row) for row in rows]
 
     def item(self, path: str | os.PathLike) -> Item | None:
-        """The item stored for ``path`` (resolved to an absolute path), or None."""
-        key = str(Path(path).expanduser().resolve())
-        row = self._db.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE path = ?", (key,)).fetchone()
+        """The item stored for ``path`` (as :func:`~sharpclip.data.imagefiles.path_key` names it)."""
+        row = self._db.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE path = ?",
+                               (path_key(path),)).fetchone()
         return Item(*row) if row else None
 
     def counts(self) -> dict[str, int]:
@@ -275,29 +303,67 @@ class Collection:
         counts = dict(self._db.execute("SELECT status, COUNT(*) FROM items GROUP BY status"))
         return {"ok": counts.get("ok", 0), "error": counts.get("error", 0)}
 
-    def vectors(self, name: str = IMAGE_SET) -> np.ndarray:
-        """The committed rows of a vector set, memory-mapped read-only (rows x dim, float32)."""
-        dim, rows = self._vector_set(name)
-        file = self._vector_file(name)
-        if rows == 0 or not file.exists():
-            return np.zeros((0, dim), np.float32)
-        return np.memmap(file, dtype=np.float32, mode="r", shape=(rows, dim))
+    def vector_sets(self) -> list[tuple[str, int, int, Path]]:
+        """(name, dim, committed rows, file) of every vector set."""
+        return [(name, int(dim), int(rows), self.path / "vectors" / file) for name, dim, rows, file
+                in self._db.execute("SELECT name, dim, rows, file FROM vector_sets ORDER BY name")]
+
+    def snapshot(self, name: str = IMAGE_SET) -> Snapshot:
+        """The reader's consistent view (see :class:`Snapshot`), read again only when the
+        generation has moved on (reading every live row costs ~0.2 s at 250k items)."""
+        generation = self.generation
+        if self._snap is not None and self._snap.generation == generation \
+                and self._snap.vector_set == name:
+            return self._snap
+        db = self._db
+        db.execute("BEGIN")  # one read transaction: WAL gives it a single snapshot
+        try:
+            generation = int(json.loads(self._meta("generation")))
+            found = db.execute("SELECT dim, rows, file FROM vector_sets WHERE name = ?",
+                               (name,)).fetchone()
+            if found is None:
+                raise CollectionError(f"{self.path} has no vector set {name!r}")
+            data = db.execute("SELECT row, id FROM items WHERE status = 'ok' ORDER BY row").fetchall()
+        finally:
+            db.execute("COMMIT")
+        array = np.array(data, dtype=np.int64).reshape(-1, 2)
+        dim, rows, file = int(found[0]), int(found[1]), self.path / "vectors" / found[2]
+        self._snap = Snapshot(generation, name, dim, rows, file, array[:, 0], array[:, 1])
+        return self._snap
+
+    def vectors(self, name: str = IMAGE_SET, snapshot: Snapshot | None = None) -> np.ndarray:
+        """The committed rows of a vector set, memory-mapped read-only (rows x dim, float32).
+
+        Raises:
+            DamagedCollectionError: the file holds fewer rows than were committed (deleted or
+                truncated by something else); never padded with zeros.
+        """
+        snap = snapshot or self.snapshot(name)
+        expected = snap.rows * snap.dim * 4
+        size = snap.file.stat().st_size if snap.file.exists() else None
+        if snap.rows and (size is None or size < expected):
+            raise DamagedCollectionError(short_file_message(self.path, snap.file, snap.rows,
+                                                            (size or 0) // (snap.dim * 4), size))
+        if snap.rows == 0:
+            return np.zeros((0, snap.dim), np.float32)
+        return np.memmap(snap.file, dtype=np.float32, mode="r", shape=(snap.rows, snap.dim))
+
+    def read_vectors(self, name: str = IMAGE_SET) -> tuple[Snapshot, np.ndarray]:
+        """A snapshot and its vectors; read once more if a writer swapped the vector file
+        (``compact``) between the two, so only a file damaged at rest raises."""
+        snap = self.snapshot(name)
+        try:
+            return snap, self.vectors(name, snapshot=snap)
+        except DamagedCollectionError:
+            if self.generation == snap.generation:
+                raise
+        snap = self.snapshot(name)
+        return snap, self.vectors(name, snapshot=snap)
 
     def live_rows(self) -> tuple[np.ndarray, np.ndarray]:
         """(rows, item ids) of the embedded items: the only rows search may return."""
-        _, rows, ids = self._live_snapshot()
-        return rows, ids
-
-    def _live_snapshot(self) -> tuple[int, np.ndarray, np.ndarray]:
-        """(generation, rows, ids), read again only when the generation has moved on (reading
-        every live row costs ~0.2 s at 250k items, far more than a search)."""
-        generation = self.generation
-        if self._live is None or self._live[0] != generation:
-            data = self._db.execute(
-                "SELECT row, id FROM items WHERE status = 'ok' ORDER BY row").fetchall()
-            array = np.array(data, dtype=np.int64).reshape(-1, 2)
-            self._live = (generation, array[:, 0], array[:, 1])
-        return self._live
+        snap = self.snapshot()
+        return snap.live_rows, snap.live_ids
 
     def paths_for_rows(self, rows: Sequence[int]) -> dict[int, tuple[int, str]]:
         """Map vector rows to (item id, path) for live items."""
@@ -310,30 +376,31 @@ class Collection:
         wanted = dict(zip(ids[at[found]].tolist(), rows[found].tolist()))
         out: dict[int, tuple[int, str]] = {}
         keys = list(wanted)
-        for start in range(0, len(keys), 500):  # by primary key: `row` has no index
+        for start in range(0, len(keys), 500):
             chunk = keys[start:start + 500]
             marks = ",".join("?" * len(chunk))
             for item_id, row, path in self._db.execute(
                 f"SELECT id, row, path FROM items WHERE status = 'ok' AND id IN ({marks})", chunk
             ):
-                if row == wanted[item_id]:
+                if row == wanted[item_id]:  # else changed since the snapshot: left out
                     out[row] = (item_id, path)
         return out
 
-    def _vector_set(self, name: str) -> tuple[int, int]:
-        found = self._db.execute("SELECT dim, rows FROM vector_sets WHERE name = ?", (name,)).fetchone()
+    def _vector_set(self, name: str) -> tuple[int, int, Path]:
+        found = self._db.execute("SELECT dim, rows, file FROM vector_sets WHERE name = ?",
+                                 (name,)).fetchone()
         if found is None:
             raise CollectionError(f"{self.path} has no vector set {name!r}")
-        return int(found[0]), int(found[1])
-
-    def _vector_file(self, name: str) -> Path:
-        return self.path / "vectors" / f"{name}.f32"
+        return int(found[0]), int(found[1]), self.path / "vectors" / found[2]
 
     # -- writing --------------------------------------------------------------------------------
 
     @contextmanager
     def writing(self):
-        """Hold the collection's writer lock; trims any torn vector tail left by a killed run."""
+        """Hold the collection's writer lock. On taking it: remove files a killed run left,
+        trim a torn vector tail, and mark items whose vectors are missing as ``vectors_lost``
+        (reported in :attr:`repairs`) so that the next ``index`` re-embeds them."""
+        (self.path / "lock").touch()
         with open(self.path / "lock", "a") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -342,30 +409,108 @@ class Collection:
                     f"{self.path} is being written by another sharpclip process; wait for it to finish"
                 ) from None
             try:
-                for name, dim, rows in self._db.execute("SELECT name, dim, rows FROM vector_sets"):
-                    file = self._vector_file(name)
-                    if file.exists() and file.stat().st_size != rows * dim * 4:
-                        os.truncate(file, rows * dim * 4)
+                self._remove_leftovers()
+                self._reconcile_vector_files()
                 yield self
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def _remove_leftovers(self) -> None:
+        """Delete temporary files and vector/index files no vector set refers to (a killed
+        ``compact`` or save leaves them). Only the lock holder calls this."""
+        current = {file.name for _, _, _, file in self.vector_sets()}
+        indexes = {index_file_for(self.path / "vectors" / name).name for name in current}
+        for folder, keep in (("vectors", current), ("index", indexes), ("cache", None)):
+            directory = self.path / folder
+            if not directory.is_dir():
+                continue
+            for file in directory.iterdir():
+                temporary = file.name.startswith(".")
+                if temporary or (keep is not None and file.name not in keep):
+                    file.unlink(missing_ok=True)
+
+    def _reconcile_vector_files(self) -> None:
+        for name, dim, rows, file in self.vector_sets():
+            size = file.stat().st_size if file.exists() else None
+            if size is not None and size > rows * dim * 4:
+                os.truncate(file, rows * dim * 4)  # a torn tail: appended, never committed
+            elif rows and (size is None or size < rows * dim * 4):
+                valid = (size or 0) // (dim * 4)
+                lost = self.truncate_vector_set(name, valid, short_file_message(
+                    self.path, file, rows, valid, size, writer=True))
+                self.repairs.append(f"{file} held {valid} of its {rows} committed vectors: "
+                                    f"{lost} items lost theirs and are re-embedded by `index`")
+                logger.warning(self.repairs[-1])
+
+    def truncate_vector_set(self, name: str, valid_rows: int, detail: str) -> int:
+        """Keep only the rows of ``name`` before the first checksum batch not wholly within
+        ``valid_rows``; items pointing past it are marked ``vectors_lost`` (their files are
+        re-embedded by the next ``index``). Returns how many items lost their vector."""
+        dim, _, file = self._vector_set(name)
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            ends = [s + c for s, c in db.execute(
+                "SELECT start, count FROM vector_batches WHERE vector_set = ? ORDER BY start",
+                (name,))]
+            whole = [end for end in ends if end <= valid_rows]
+            cut = max(whole, default=0) if ends else valid_rows
+            lost = [i for (i,) in db.execute(
+                "SELECT id FROM items WHERE status = 'ok' AND row >= ?", (cut,))]
+            self._mark_lost(lost, detail)
+            db.execute("DELETE FROM vector_batches WHERE vector_set = ? AND start >= ?", (name, cut))
+            db.execute("UPDATE vector_sets SET rows = ? WHERE name = ?", (cut, name))
+            self._bump_generation()
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        file.parent.mkdir(exist_ok=True)
+        with open(file, "ab"):
+            pass
+        if file.stat().st_size > cut * dim * 4:
+            os.truncate(file, cut * dim * 4)
+        return len(lost)
+
+    def forget_vectors(self, item_ids: Sequence[int], detail: str) -> None:
+        """Mark items ``vectors_lost`` (their stored vector is damaged), in one transaction."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            self._mark_lost(item_ids, detail)
+            self._bump_generation()
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _mark_lost(self, item_ids: Sequence[int], detail: str) -> None:
+        # Size and mtime -1 so that `index` sees the file as changed; no hash, so it re-embeds.
+        self._db.executemany(
+            "UPDATE items SET status = 'error', reason = ?, error = ?, hash = NULL, row = NULL, "
+            "size = -1, mtime_ns = -1 WHERE id = ?", [(VECTORS_LOST, detail, i) for i in item_ids])
+
     def commit(self, updates: Sequence[ItemUpdate], vectors: np.ndarray | None = None) -> None:
-        """Atomically record a batch: append its vectors, then upsert its items (call under ``writing``).
+        """Atomically record a batch: append its vectors, then upsert its items and the batch's
+        checksum (call under ``writing``).
 
         Embedded items get fresh rows (a changed file's old row is orphaned, never reused); failed
         items keep no row; a move re-points the stored item to its new path.
         """
-        dim, rows = self._vector_set(IMAGE_SET)
+        dim, rows, file = self._vector_set(IMAGE_SET)
         count = 0 if vectors is None else len(vectors)
+        digest = None
         if count:
             vectors = np.ascontiguousarray(vectors, dtype=np.float32)
             if vectors.shape[1] != dim:
                 raise CollectionError(f"vectors have dim {vectors.shape[1]}, collection has {dim}")
-            with open(self._vector_file(IMAGE_SET), "ab") as handle:
-                handle.write(vectors.tobytes())
+            data = vectors.tobytes()
+            digest = hashlib.sha256(data).hexdigest()
+            with open(file, "ab") as handle:
+                handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
+            crash_point("commit.vectors_appended")
         now = time.time()
         db = self._db
         db.execute("BEGIN IMMEDIATE")
@@ -391,16 +536,21 @@ class Collection:
                     (u.path, u.hash, u.size, u.mtime_ns, u.width, u.height, u.status, u.reason,
                      u.error, row, now, now),
                 )
-            db.execute("UPDATE vector_sets SET rows = rows + ? WHERE name = ?", (count, IMAGE_SET))
+            if count:
+                db.execute("UPDATE vector_sets SET rows = rows + ? WHERE name = ?", (count, IMAGE_SET))
+                db.execute("INSERT INTO vector_batches VALUES (?, ?, ?, ?)",
+                           (IMAGE_SET, rows, count, digest))
             self._bump_generation()
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        crash_point("commit.committed")
 
     def remove(self, paths: Iterable[str | os.PathLike]) -> int:
-        """Forget the items at ``paths`` (files or directories, matched by resolved path); returns how many."""
-        keys = [str(Path(p).expanduser().resolve()) for p in paths]
+        """Forget the items at ``paths`` (files or directories, matched by
+        :func:`~sharpclip.data.imagefiles.path_key`); returns how many."""
+        keys = [path_key(p) for p in paths]
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -414,6 +564,7 @@ class Collection:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        crash_point("remove.committed")
         return removed
 
     def _bump_generation(self) -> None:
@@ -423,75 +574,136 @@ class Collection:
 
     def live_mask(self, rows: int | None = None) -> np.ndarray:
         """Boolean mask over the image vector set's rows: True where a live item points."""
-        live, _ = self.live_rows()
-        return _row_mask(live, self.vectors().shape[0] if rows is None else rows)
+        return self.snapshot().live_mask(rows)
 
     def nearest(self, queries: np.ndarray, k: int, exact: bool | None = None,
                 config: SearchConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (scores, rows) of live items per query: exact scan while the collection is
-        below ``config.ann_threshold`` or when ``exact``; otherwise the HNSW index, brought up to
-        date with the items first (built on first use, then updated incrementally)."""
+        below ``config.ann_threshold`` or when ``exact``; otherwise the saved HNSW index (built
+        by the writer, see :meth:`sync_index`) with rows committed since its last save scanned
+        exactly and merged in, and rows removed since then masked out. Without a usable index
+        file the exact scan answers (correct, slower) and a warning says how to build one."""
         config = config or SearchConfig()
-        vectors = self.vectors()
-        generation, live, _ = self._live_snapshot()
-        if len(live) and live[-1] >= len(vectors):
-            # Rows committed after `vectors` was read wait for the next search; so that it syncs
-            # them, the index must not be kept as up to date with this generation.
-            live, generation = live[live < len(vectors)], -1
-        if not self.uses_ann(len(live), exact, config):
+        snap, vectors = self.read_vectors()
+        live = snap.live_rows
+        ann = self._reader_ann(snap) if self.uses_ann(len(live), exact, config) else None
+        if ann is None:
             return exact_topk(vectors, queries, k, valid=_row_mask(live, len(vectors)))
-        return self._synced_ann(vectors, live, generation, config).search(queries, k)
+        index, fresh = ann
+        scores, rows = index.search(queries, k)
+        if fresh.size:
+            extra_scores, at = exact_topk(np.asarray(vectors[fresh]), queries, k)
+            scores = np.concatenate([scores, extra_scores], axis=1)
+            rows = np.concatenate([rows, fresh[at]], axis=1)
+            order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+            scores, rows = np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
+        return scores, rows
 
     @staticmethod
     def uses_ann(live: int, exact: bool | None, config: SearchConfig | None = None) -> bool:
-        """Whether :meth:`nearest` answers from the ANN index for ``live`` items."""
+        """Whether :meth:`nearest` is to answer from the ANN index for ``live`` items."""
         return not exact and needs_ann(live, (config or SearchConfig()).ann_threshold)
 
-    def _synced_ann(self, vectors: np.ndarray, live: np.ndarray, generation: int,
-                    config: SearchConfig) -> AnnIndex:
-        """The ANN index holding exactly the ``live`` rows (of ``generation``): kept in memory
-        between searches, else loaded from disk, then brought up to date and saved."""
-        if self._ann is not None and self._ann[0] == generation:
-            return self._ann[1]
-        file = self.path / "index" / f"{IMAGE_SET}.faiss"
-        if self._ann is not None:
-            index = self._ann[1]
+    def has_index(self) -> bool:
+        """Whether a readable ANN index file exists for the current vector file."""
+        return self._reader_ann(self.read_vectors()[0]) is not None
+
+    def _reader_ann(self, snap: Snapshot) -> tuple[AnnIndex, np.ndarray] | None:
+        """(index with removed rows masked, live rows it lacks) for ``snap``; never writes."""
+        file = index_file_for(snap.file)
+        try:
+            stat = file.stat()
+        except FileNotFoundError:
+            self._warn_once("no-index", f"{self.path}: no ANN index yet, searching exactly; "
+                            f"`sharpclip check -c {self.path} --repair` or `index` builds it")
+            return None
+        stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if self._ann is not None and self._ann[0] == snap.generation and self._ann[1] == stamp:
+            return self._ann[2], self._ann[3]
+        if self._ann is not None and self._ann[1] == stamp:
+            index = self._ann[2]  # the same file: removals masked in memory so far still hold
         else:
-            index = AnnIndex.load(file) if file.exists() else None
+            try:
+                index = AnnIndex.load(file)
+                if index.dim != snap.dim or (len(index.rows_) and index.rows_.max() >= snap.rows):
+                    raise ValueError(f"{file} does not belong to {snap.file.name}")
+            except (OSError, ValueError, RuntimeError) as error:
+                self._warn_once(f"bad-index-{stamp}", f"{file}: unusable ANN index ({error}); "
+                                f"searching exactly; `sharpclip check -c {self.path} --repair` "
+                                "rebuilds it")
+                return None
+        indexed = index.rows_[~index.deleted_]
+        index.remove(np.setdiff1d(indexed, snap.live_rows, assume_unique=True))
+        fresh = np.setdiff1d(snap.live_rows, indexed, assume_unique=True)
+        self._ann = (snap.generation, stamp, index, fresh)
+        return index, fresh
+
+    def sync_index(self, config: SearchConfig | None = None, progress: bool = False) -> bool:
+        """Bring the saved ANN index up to date with the live rows (call under ``writing``):
+        build it when the collection first reaches ``config.ann_threshold``, rebuild it when too
+        many rows were removed or the file is unusable, else add and mask incrementally.
+        Returns whether the file was written."""
+        config = config or SearchConfig()
+        snap, vectors = self.read_vectors()
+        if not self.uses_ann(len(snap.live_rows), False, config):
+            return False
+        file = index_file_for(snap.file)
+        index = None
+        if file.exists():
+            try:
+                index = AnnIndex.load(file)
+                if index.dim != snap.dim or (len(index.rows_) and index.rows_.max() >= snap.rows):
+                    index = None
+            except (OSError, ValueError, RuntimeError) as error:
+                logger.warning("%s: unusable ANN index (%s); rebuilding it", file, error)
         if index is not None and index.needs_rebuild:
             index = None
+        live = snap.live_rows
         if index is None:
-            index = AnnIndex.build(np.asarray(vectors[live]), live, config)
-            changed = True
+            index = AnnIndex.build(np.asarray(vectors[live]), live, config, progress=progress)
         else:
             indexed = index.rows_[~index.deleted_]
-            stale = np.setdiff1d(indexed, live)
-            fresh = np.setdiff1d(live, indexed)
-            changed = bool(stale.size or fresh.size)
+            stale = np.setdiff1d(indexed, live, assume_unique=True)
+            fresh = np.setdiff1d(live, indexed, assume_unique=True)
+            if not stale.size and not fresh.size:
+                return False
             index.remove(stale)
             if fresh.size:
-                index.add(np.asarray(vectors[fresh]), fresh)
-        if changed:
-            file.parent.mkdir(exist_ok=True)
-            index.save(file)
-        self._ann = (generation, index)
-        return index
+                index.add(np.asarray(vectors[fresh]), fresh, progress=progress)
+        file.parent.mkdir(exist_ok=True)
+        index.save(file)
+        self._ann = None
+        return True
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(message)
 
     # -- derived caches -------------------------------------------------------------------------
 
     def cache_get(self, name: str, key: str) -> np.ndarray | None:
-        """A cached array if it was stored under ``key`` at the current generation, else None."""
+        """A cached array if it was stored under ``key`` at the current generation and its bytes
+        match the checksum stored with it, else None (a damaged cache is simply recomputed)."""
         file = self.path / "cache" / f"{name}.npy"
-        stamp = file.with_suffix(".json")
-        if not (file.exists() and stamp.exists()):
+        try:
+            stamp = json.loads(file.with_suffix(".json").read_text())
+            if stamp.get("key") != key or stamp.get("generation") != self.generation:
+                return None
+            stat = file.stat()
+            seen = (stamp.get("sha256"), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            if self._verified_caches.get(name) != seen:
+                if _file_sha256(file) != stamp.get("sha256"):
+                    logger.warning("%s: checksum mismatch; recomputing it", file)
+                    return None
+                self._verified_caches[name] = seen  # hashed once per process and file version
+            return np.load(file, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, AttributeError):  # missing, garbage JSON or .npy
             return None
-        recorded = json.loads(stamp.read_text())
-        if recorded != {"key": key, "generation": self.generation}:
-            return None
-        return np.load(file, mmap_mode="r")
 
-    def cache_put(self, name: str, key: str, array: np.ndarray) -> None:
-        """Store a derived array under ``key`` for the current generation (atomic replace)."""
+    def cache_put(self, name: str, key: str, array: np.ndarray, generation: int) -> None:
+        """Store a derived array under ``key``, stamped with the ``generation`` of the data it
+        was computed from (atomic replace; the stamp holds the file's SHA-256)."""
         folder = self.path / "cache"
         folder.mkdir(exist_ok=True)
         target = folder / f"{name}.npy"
@@ -499,9 +711,10 @@ class Collection:
         np.save(tmp, array)
         stamp = target.with_suffix(".json")
         stamp.unlink(missing_ok=True)  # a stale stamp must never vouch for the new array
+        digest = _file_sha256(tmp)
         os.replace(tmp, target)
         tmp_stamp = folder / f".{name}.{os.getpid()}.json"
-        tmp_stamp.write_text(json.dumps({"key": key, "generation": self.generation}))
+        tmp_stamp.write_text(json.dumps({"key": key, "generation": generation, "sha256": digest}))
         os.replace(tmp_stamp, stamp)
 
     # -- the pipelines (wired outside store/) ---------------------------------------------------
@@ -517,6 +730,57 @@ class Collection:
         from sharpclip.search import search
 
         return search(self, text=text, image=image, like=like, k=k, **options)
+
+
+def _connect(file: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(file, timeout=60, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA foreign_keys=ON")
+    return db
+
+
+def _write_empty_collection(folder: Path, info: CollectionInfo) -> None:
+    (folder / "vectors").mkdir(parents=True)
+    db = sqlite3.connect(folder / DB_NAME, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("BEGIN")
+        schema.create_tables(db)
+        rows = {"schema_version": SCHEMA_VERSION, "generation": 0, **info.__dict__}
+        db.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in rows.items()])
+        db.execute("INSERT INTO vector_sets VALUES (?, ?, 0, ?)", (IMAGE_SET, info.dim,
+                                                                   f"{IMAGE_SET}.f32"))
+        db.execute("COMMIT")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        db.close()
+    (folder / "vectors" / f"{IMAGE_SET}.f32").touch()
+
+
+def catalog_damage_message(path: Path, error: Exception) -> str:
+    """One line for a catalog SQLite cannot read (garbage header, deleted WAL, I/O error)."""
+    return (f"{path / DB_NAME}: the catalog cannot be read ({error}); run "
+            f"`sharpclip check -c {path}` for details; if it is damaged, restore it from a backup "
+            "or index the folders again into a new collection (-c NEW_DIR)")
+
+
+def short_file_message(path: Path, file: Path, rows: int, valid: int, size: int | None,
+                       writer: bool = False) -> str:
+    """One line for a vector file shorter than its committed rows."""
+    what = "is missing" if size is None else f"holds {valid} of its {rows} committed vectors"
+    if writer:
+        return f"its vector was lost ({file.name} {what}); `sharpclip index` re-embeds it"
+    return (f"{file} {what} (deleted or truncated outside sharpclip): run "
+            f"`sharpclip check -c {path} --repair` to re-embed the affected items")
+
+
+def _file_sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _row_mask(rows: np.ndarray, n: int) -> np.ndarray:
