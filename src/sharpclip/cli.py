@@ -3,12 +3,54 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
 
 from sharpclip.data import shapes
 from sharpclip.models.train_base import BaseTrainConfig
+
+DESCRIPTION = """\
+Image search over your own folders with CLIP-family models: index a folder, then search it by
+text, by an example image, or by an example image under a condition (same colour, same shape).
+Runs offline on a small bundled model; pass --model for a real Hugging Face CLIP or SigLIP
+checkpoint."""
+
+EPILOG = """\
+first steps:
+  sharpclip demo                                  an offline tour on the bundled model
+  sharpclip index ~/Photos -c photos.sc --model openai/clip-vit-base-patch32
+  sharpclip search "a red bicycle" -c photos.sc
+  sharpclip search --image q.jpg -c photos.sc --condition colour
+  sharpclip check -c photos.sc                    after a crash: verify, then --repair
+
+`sharpclip COMMAND --help` describes each command."""
+
+
+class UsageError(ValueError):
+    """The command line asks for something inconsistent (exit status 2)."""
+
+
+def display(path: str) -> str:
+    """``path`` for one line of plain-text output: characters that are not printable (a newline
+    in a file name) are shown escaped, as Python writes them, so one hit stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in path)
+
+
+def _count(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is too small: give a number >= {low}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
 
 
 def _cmd_shapes(args: argparse.Namespace) -> int:
@@ -64,17 +106,22 @@ def _cmd_index(args: argparse.Namespace) -> int:
     from sharpclip.ingest import IndexConfig
     from sharpclip.store.collection import Collection
 
+    missing = [p for p in args.paths if not os.path.lexists(os.path.expanduser(p))]
+    if missing:  # before a collection is created for nothing
+        raise FileNotFoundError(f"{missing[0]}: no such file or directory to index; check the path")
     limit = {} if args.max_pixels is None else {"max_pixels": args.max_pixels}
     config = IndexConfig(workers=args.workers, batch_size=args.batch_size, draft=args.fast_decode,
                          progress=not args.quiet and sys.stderr.isatty(), **limit)
     with Collection.open_or_create(args.collection, args.model) as coll:
         report = coll.add(args.paths, config=config)
     print(report.summary())
-    for path, reason in report.failures[:20]:
-        print(f"  failed: {reason}", file=sys.stderr)
+    for _, reason in report.failures[:20]:
+        print(f"  failed: {display(reason)}", file=sys.stderr)
     if len(report.failures) > 20:
         print(f"  ... and {len(report.failures) - 20} more: see `sharpclip status -c "
               f"{args.collection}`", file=sys.stderr)
+    for note in report.notes:
+        print(note, file=sys.stderr)
     return 0
 
 
@@ -85,17 +132,92 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     with Collection.open(args.collection) as coll:
         counts = coll.counts()
-        bad = [{"path": i.path, "reason": i.reason, "error": i.error} for i in coll.items("error")]
+        bad = [{"path": i.path, "reason": i.reason, "error": _detail(i.path, i.error)}
+               for i in coll.items("error")]
+        live = len(coll.live_rows()[0])
+        sets = [{"name": name, "dim": dim, "rows": rows, "file": file.name,
+                 "orphaned_rows": rows - live}
+                for name, dim, rows, file in coll.vector_sets()]
         status = {"collection": str(coll.path), "model": coll.info.model,
                   "fingerprint": coll.info.fingerprint, "dim": coll.info.dim,
-                  "items": counts["ok"], "failed": counts["error"], "bad_files": bad}
+                  "items": counts["ok"], "failed": counts["error"], "vector_sets": sets,
+                  "ann_index": coll.has_index() if coll.uses_ann(live, None) else None,
+                  "bad_files": bad}
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
-    print(f"{status['collection']}: {status['items']} items, {status['failed']} failed")
+    print(f"{display(status['collection'])}: {status['items']} items, {status['failed']} failed")
     print(f"model {status['model']} (fingerprint {status['fingerprint']}, dim {status['dim']})")
+    for entry in sets:
+        orphans = (f" ({entry['orphaned_rows']} orphaned: `sharpclip compact` reclaims them)"
+                   if entry["orphaned_rows"] else "")
+        print(f"vector set {entry['name']}: {entry['rows']} rows{orphans}")
+    if status["ann_index"] is False:
+        print(f"no ANN index: searches scan exactly; `sharpclip check -c {args.collection} "
+              "--repair` builds it")
     for entry in bad:
-        print(f"  {entry['reason']:<13s} {entry['path']}: {entry['error']}")
+        print(f"  {entry['reason']:<13s} {display(entry['path'])}: {display(entry['error'] or '')}")
+    return 0
+
+
+def _detail(path: str, error: str | None) -> str | None:
+    """An item's stored error without the path it starts with (status prints the path once)."""
+    return error.removeprefix(f"{path}: ") if error else error
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    import json
+
+    from sharpclip.store.integrity import check_collection
+
+    if not Path(args.collection, "collection.sqlite").exists():
+        raise FileNotFoundError(f"{args.collection} is not a sharpclip collection (no "
+                                "collection.sqlite); check the path")
+    found = check_collection(args.collection)
+    repaired = None
+    if args.repair and not found.clean:
+        from sharpclip.ingest import IndexConfig
+        from sharpclip.repair import repair_collection
+
+        config = IndexConfig(workers=args.workers, progress=sys.stderr.isatty())
+        repaired = repair_collection(args.collection, found, config)
+    final = repaired.after if repaired else found
+    if args.json:
+        document = {**found.to_json(), "repair": None}
+        if repaired:
+            document["repair"] = {"summary": repaired.summary(), "after": final.to_json()}
+        print(json.dumps(document, indent=2))
+    else:
+        _print_problems(found)
+        if repaired:
+            print(repaired.summary())
+            _print_problems(final, after_repair=True)
+    return 0 if final.clean else 1
+
+
+def _print_problems(report, after_repair: bool = False) -> None:
+    stats = report.stats
+    if not after_repair:
+        print(f"checked {display(report.collection)}: {stats.get('items', 0)} items, "
+              f"{stats.get('rows', 0)} vector rows, {stats.get('batches', 0)} checksum batches "
+              f"({stats.get('bytes_hashed', 0) / 2**20:.1f} MiB) in {report.seconds:.2f}s")
+    for p in report.problems:
+        print(f"{p.severity}: {p.kind}: {display(p.file)}: {p.message}; fix: {p.fix}")
+        for path in p.paths[:5]:
+            print(f"    affects {display(path)}")
+        if len(p.paths) > 5:
+            print(f"    ... and {len(p.paths) - 5} more items")
+    if report.clean:
+        print("after repair: clean" if after_repair else "clean: no errors or warnings")
+
+
+def _cmd_compact(args: argparse.Namespace) -> int:
+    from sharpclip.store.collection import Collection
+    from sharpclip.store.compact import compact
+
+    with Collection.open(args.collection) as coll, coll.writing():
+        report = compact(coll, progress=sys.stderr.isatty())
+    print(report.summary())
     return 0
 
 
@@ -104,6 +226,7 @@ def _cmd_remove(args: argparse.Namespace) -> int:
 
     with Collection.open(args.collection) as coll, coll.writing():
         removed = coll.remove(args.paths)
+        coll.sync_index()
     print(f"removed {removed} items from {args.collection}")
     return 0
 
@@ -115,7 +238,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     sources = [x for x in (args.text, args.image, args.like) if x is not None]
     if len(sources) != 1:
-        raise ValueError("give exactly one query: TEXT, --image FILE or --like PATH")
+        raise UsageError("give exactly one query: TEXT, --image FILE or --like PATH")
+    if args.condition is not None and args.text is not None:
+        raise UsageError("--condition compares images: use it with --image FILE or --like PATH")
     with Collection.open(args.collection, args.model) as coll:
         result = coll.search(text=args.text, image=args.image, like=args.like, k=args.k,
                              exact=args.exact or None, condition=args.condition,
@@ -124,13 +249,14 @@ def _cmd_search(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_json(), indent=2))
         return 0
     for rank, hit in enumerate(result.hits, 1):
-        print(f"{rank:3d}  {hit.score:.4f}  {hit.path}")
+        print(f"{rank:3d}  {hit.score:.4f}  {display(hit.path)}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every sharpclip command implemented so far."""
-    parser = argparse.ArgumentParser(prog="sharpclip", description=__doc__)
+    parser = argparse.ArgumentParser(prog="sharpclip", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="offline end-to-end tour on the bundled model")
@@ -144,9 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--collection", required=True, help="collection directory (created if new)")
     p.add_argument("--model", default=None,
                    help="bundled (default for a new collection), a local HF directory or a hub id")
-    p.add_argument("--workers", type=int, default=1, help="decoding processes (0: decode inline)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per model forward and commit")
-    p.add_argument("--max-pixels", type=int, default=None,
+    p.add_argument("--workers", type=_count(0), default=1,
+                   help="decoding processes (0: decode inline)")
+    p.add_argument("--batch-size", type=_count(1), default=32,
+                   help="images per model forward and commit")
+    p.add_argument("--max-pixels", type=_count(1), default=None,
                    help="refuse images with more pixels (decompression bombs)")
     p.add_argument("--fast-decode", action="store_true",
                    help="decode JPEGs at reduced scale (faster; not pixel-identical)")
@@ -163,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--collection", required=True, help="collection directory")
     p.add_argument("--image", default=None, help="query image file")
     p.add_argument("--like", default=None, help="path of an indexed item to use as the query")
-    p.add_argument("-k", type=int, default=20, help="number of hits")
+    p.add_argument("-k", type=_count(1), default=20, help="number of hits")
     p.add_argument("--exact", action="store_true", help="exact search even when an ANN index exists")
     p.add_argument("--condition", default=None,
                    help="compare images only in a condition: colour, shape, colour+shape, ...")
@@ -171,6 +299,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="must be the collection's model (checked)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("check", help="verify a collection (catalog, vectors, checksums, caches, "
+                       "index); --repair fixes what it can")
+    p.add_argument("-c", "--collection", required=True, help="collection directory")
+    p.add_argument("--repair", action="store_true",
+                   help="re-embed lost or damaged vectors, delete damaged caches, rebuild the index")
+    p.add_argument("--workers", type=_count(0), default=1, help="decoding processes for --repair")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("compact", help="rewrite the vector files with only live rows (crash-safe)")
+    p.add_argument("-c", "--collection", required=True, help="collection directory")
+    p.set_defaults(func=_cmd_compact)
 
     p = sub.add_parser("remove", help="remove files or folders from a collection")
     p.add_argument("paths", nargs="+", metavar="PATH")
@@ -217,13 +358,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: parse arguments, run the command, turn errors into one line on stderr."""
+    """Entry point: parse arguments, run the command, turn every error into one line on stderr
+    (exit 2 for usage errors, 1 for the rest; ``SHARPCLIP_DEBUG=1`` shows the traceback)."""
     args = build_parser().parse_args(argv)
+    prefix = f"sharpclip {args.command}: error:"
     try:
         return args.func(args)
-    except (ValueError, OSError, RuntimeError) as error:
-        print(f"sharpclip {args.command}: error: {error}", file=sys.stderr)
+    except UsageError as error:
+        print(f"{prefix} {error} (see `sharpclip {args.command} --help`)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sharpclip {args.command}: interrupted; committed batches are kept, "
+              "run the command again to go on", file=sys.stderr)
+        return 130
+    except Exception as error:  # the one place that turns any error into a line
+        if os.environ.get("SHARPCLIP_DEBUG"):
+            raise
+        print(f"{prefix} {one_line(error, getattr(args, 'collection', None))}", file=sys.stderr)
         return 1
+
+
+def one_line(error: Exception, collection: str | None = None) -> str:
+    """The message of ``error`` as one line that names the file and what to do."""
+    from sharpclip.data.imagefiles import ImageFileError
+
+    if isinstance(error, sqlite3.Error) and collection:
+        text = (f"{Path(collection, 'collection.sqlite')}: {error} (the catalog could not be "
+                f"read or written); run `sharpclip check -c {collection}`")
+    elif isinstance(error, ImageFileError):
+        text = f"{error.path}: {error.detail}"
+    elif isinstance(error, (ValueError, OSError, RuntimeError)):
+        text = str(error)
+    else:
+        text = (f"{type(error).__name__}: {error} (unexpected: please report it; "
+                "SHARPCLIP_DEBUG=1 shows the traceback)")
+    return display(" ".join(text.splitlines()))
 
 
 if __name__ == "__main__":

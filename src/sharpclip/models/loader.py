@@ -45,6 +45,19 @@ def _resolve(spec: str) -> Path:
         ) from None
 
 
+def _read_json(file: Path) -> dict:
+    """A checkpoint's JSON file as a dict, or a ModelLoadError naming the file."""
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ModelLoadError(f"{file}: cannot read this checkpoint file ({error}); restore it "
+                             "or download the checkpoint again") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{file}: expected a JSON object; restore it or download the "
+                             "checkpoint again")
+    return data
+
+
 def _fingerprint(path: Path) -> str:
     digest = hashlib.sha256()
     for name in ("config.json", "preprocessor_config.json"):
@@ -150,15 +163,23 @@ def load_model(spec: str = "bundled", device: str | None = None) -> EmbeddingMod
     config_file = path / "config.json"
     if not config_file.is_file():
         raise ModelLoadError(f"{path} has no config.json: not a Hugging Face checkpoint directory")
-    model_type = json.loads(config_file.read_text()).get("model_type")
+    model_type = _read_json(config_file).get("model_type")
+    if (path / "preprocessor_config.json").is_file():
+        _read_json(path / "preprocessor_config.json")
     if model_type not in SUPPORTED:
         raise ModelLoadError(
             f"{path}: model_type {model_type!r} is not supported; use a CLIP or SigLIP checkpoint"
         )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     cls = CLIPModel if model_type == "clip" else SiglipModel
-    config = AutoConfig.from_pretrained(path)
-    model = cls.from_pretrained(path, config=config, attn_implementation="eager").to(device).eval()
+    try:
+        config = AutoConfig.from_pretrained(path)
+        model = cls.from_pretrained(path, config=config, attn_implementation="eager")
+    except (OSError, ValueError, RuntimeError) as error:
+        message = " ".join(str(error).split())[:300]
+        raise ModelLoadError(f"{path}: the checkpoint cannot be loaded ({type(error).__name__}: "
+                             f"{message}); restore it or download it again") from None
+    model = model.to(device).eval()
     return EmbeddingModel(
         name=spec,
         path=path,
