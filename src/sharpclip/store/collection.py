@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import sqlite3
 import time
@@ -186,7 +187,7 @@ class Collection:
             dim=loaded.dim, preprocess=_preprocess_dict(loaded), created_at=time.time(),
         )
         # Built beside the target and renamed into place, so a killed create leaves no half collection.
-        staging = path.parent / f".{path.name}.creating-{os.getpid()}"
+        staging = path.parent / f".{path.name}.creating-{os.getpid()}-{secrets.token_hex(4)}"
         try:
             _write_empty_collection(staging, info)
             if path.exists():
@@ -224,6 +225,11 @@ class Collection:
             info = CollectionInfo(**{k: meta[k] for k in CollectionInfo.__dataclass_fields__})
         except schema.SchemaError as error:
             raise CollectionError(str(error)) from None
+        except sqlite3.OperationalError as error:  # locked, I/O error: often a writer's moment
+            raise CollectionError(
+                f"{db_file}: the catalog cannot be read right now ({error}); if another sharpclip "
+                "process is writing this collection, let it finish and try again, else run "
+                f"`sharpclip check -c {path}`") from None
         except (sqlite3.DatabaseError, KeyError, TypeError, ValueError) as error:
             raise DamagedCollectionError(catalog_damage_message(path, error)) from None
         loaded = None
@@ -440,7 +446,6 @@ class Collection:
                     self.path, file, rows, valid, size, writer=True))
                 self.repairs.append(f"{file} held {valid} of its {rows} committed vectors: "
                                     f"{lost} items lost theirs and are re-embedded by `index`")
-                logger.warning(self.repairs[-1])
 
     def truncate_vector_set(self, name: str, valid_rows: int, detail: str) -> int:
         """Keep only the rows of ``name`` before the first checksum batch not wholly within
@@ -760,8 +765,7 @@ def _write_empty_collection(folder: Path, info: CollectionInfo) -> None:
 
 def catalog_damage_message(path: Path, error: Exception) -> str:
     """One line for a catalog SQLite cannot read (garbage header, deleted WAL, I/O error)."""
-    return (f"{path / DB_NAME}: the catalog cannot be read ({error}); run "
-            f"`sharpclip check -c {path}` for details; if it is damaged, restore it from a backup "
+    return (f"{path / DB_NAME}: the catalog cannot be read ({error}); restore it from a backup, "
             "or index the folders again into a new collection (-c NEW_DIR)")
 
 

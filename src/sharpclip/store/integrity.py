@@ -33,7 +33,6 @@ from sharpclip.store.collection import (
     Collection,
     CollectionError,
     DamagedCollectionError,
-    catalog_damage_message,
     index_file_for,
 )
 from sharpclip.store.search_index import AnnIndex
@@ -84,7 +83,8 @@ def check_collection(path: str | Path) -> CheckReport:
     try:
         coll = Collection.open(path)
     except DamagedCollectionError as error:
-        report.problems.append(Problem("catalog", "error", str(path / DB_NAME), str(error),
+        message = str(error).removeprefix(f"{path / DB_NAME}: ")
+        report.problems.append(Problem("catalog", "error", str(path / DB_NAME), message,
                                        "restore collection.sqlite from a backup, or index the "
                                        "folders again into a new collection"))
         report.seconds = time.perf_counter() - start
@@ -99,7 +99,7 @@ def check_collection(path: str | Path) -> CheckReport:
             _check_index(coll, report, live)
         except sqlite3.DatabaseError as error:
             report.problems.append(Problem("catalog", "error", str(path / DB_NAME),
-                                           catalog_damage_message(path, error),
+                                           f"the catalog cannot be read ({error})",
                                            "restore collection.sqlite from a backup, or index "
                                            "the folders again into a new collection"))
     report.seconds = time.perf_counter() - start
@@ -164,7 +164,7 @@ def _check_vector_set(coll: Collection, report: CheckReport, name: str, dim: int
             *_affected(hit)))
     batches = coll._db.execute("SELECT start, count, sha256 FROM vector_batches WHERE "
                                "vector_set = ? ORDER BY start", (name,)).fetchall()
-    covered, damaged_live, damaged_orphan, hashed = 0, [], 0, 0
+    damaged_live, damaged_orphan, hashed = [], 0, 0
     if size is not None:
         with open(file, "rb") as handle:
             for start, count, digest in batches:
@@ -173,7 +173,6 @@ def _check_vector_set(coll: Collection, report: CheckReport, name: str, dim: int
                 handle.seek(start * row_bytes)
                 data = handle.read(count * row_bytes)
                 hashed += len(data)
-                covered += count
                 if hashlib.sha256(data).hexdigest() != digest:
                     hit = [live[r] for r in range(start, start + count) if r in live]
                     damaged_live.extend(hit)
@@ -190,10 +189,11 @@ def _check_vector_set(coll: Collection, report: CheckReport, name: str, dim: int
             "checksum", "notice", str(file),
             f"{damaged_orphan} damaged batches hold only orphaned rows (no item uses them)",
             f"`sharpclip compact -c {coll.path}` drops them"))
-    if covered < present:
+    covered = sum(count for start, count, _ in batches if start + count <= rows)
+    if covered < rows:
         report.problems.append(Problem(
             "checksum", "notice", str(file),
-            f"{present - covered} rows have no checksum (written before checksums existed and "
+            f"{rows - covered} rows have no checksum (written before checksums existed and "
             "unreadable at migration)", f"`sharpclip compact -c {coll.path}` checksums them"))
     report.stats.setdefault("bytes_hashed", 0)
     report.stats["bytes_hashed"] += hashed
