@@ -5,6 +5,7 @@ The one place that wires ``store/`` (vectors, index) to ``methods/`` (pure array
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from sharpclip.methods.conditional import (
 )
 from sharpclip.store.collection import Collection
 from sharpclip.store.search_index import exact_topk
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,11 @@ def search(coll: Collection, text: str | None = None, image=None, like=None, k: 
         ann = coll.uses_ann(len(coll.live_rows()[0]), exact) and coll.has_index()
         described["mode"] = "ann" if ann else "exact"
     timing["search"] = (time.perf_counter() - start) * 1e3
+    intact = coll.intact_rows(rows)
+    if not intact.all():
+        logger.warning("%s: %d hits left out: their stored vectors changed on disk; run "
+                       "`sharpclip check -c %s --repair`", coll.path, int((~intact).sum()), coll.path)
+        scores, rows = scores[intact], rows[intact]
     located = coll.paths_for_rows(rows)
     hits = [Hit(located[int(r)][1], float(s), located[int(r)][0])
             for s, r in zip(scores, rows) if int(r) in located]

@@ -165,6 +165,7 @@ class Collection:
         self._snap: Snapshot | None = None
         self._ann: tuple[int, tuple, AnnIndex, np.ndarray] | None = None
         self._verified_caches: dict[str, tuple] = {}
+        self._verified_batches: dict[tuple, bool] = {}
         self._warned: set[str] = set()
         self.repairs: list[str] = []  # what the writer repaired on taking the lock, for reports
         self._db = _connect(self.path / DB_NAME)
@@ -392,6 +393,30 @@ class Collection:
                     out[row] = (item_id, path)
         return out
 
+    def intact_rows(self, rows: Sequence[int], name: str = IMAGE_SET) -> np.ndarray:
+        """Mask over ``rows``: False where the row's committed batch no longer matches the
+        checksum stored at commit (the bytes changed on disk). Each batch is hashed once per
+        process and file; rows of no recorded batch (older than checksums) count as intact.
+        Search drops hits that fail, so a damaged vector never returns a wrong file."""
+        snap, vectors = self.read_vectors(name)
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        inode = snap.file.stat().st_ino if snap.rows else 0
+        out = np.ones(len(rows), dtype=bool)
+        for i, row in enumerate(rows.tolist()):
+            if row < 0 or row >= snap.rows:
+                continue
+            batch = self._db.execute(
+                "SELECT start, count, sha256 FROM vector_batches WHERE vector_set = ? AND "
+                "start <= ? ORDER BY start DESC LIMIT 1", (name, row)).fetchone()
+            if batch is None or row >= batch[0] + batch[1]:
+                continue
+            key = (str(snap.file), inode, batch[0])
+            if key not in self._verified_batches:
+                data = np.ascontiguousarray(vectors[batch[0]:batch[0] + batch[1]]).tobytes()
+                self._verified_batches[key] = hashlib.sha256(data).hexdigest() == batch[2]
+            out[i] = self._verified_batches[key]
+        return out
+
     def _vector_set(self, name: str) -> tuple[int, int, Path]:
         found = self._db.execute("SELECT dim, rows, file FROM vector_sets WHERE name = ?",
                                  (name,)).fetchone()
@@ -596,6 +621,13 @@ class Collection:
             return exact_topk(vectors, queries, k, valid=_row_mask(live, len(vectors)))
         index, fresh = ann
         scores, rows = index.search(queries, k)
+        # Scored again from the vector file: a damaged index can cost recall, never a wrong score.
+        found = rows >= 0
+        exact = np.einsum("qkd,qd->qk", np.asarray(vectors[np.where(found, rows, 0)]),
+                          _as_matrix(queries, snap.dim))
+        scores = np.where(found, exact, -np.inf).astype(np.float32)
+        order = np.argsort(-scores, axis=1, kind="stable")
+        scores, rows = np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
         if fresh.size:
             extra_scores, at = exact_topk(np.asarray(vectors[fresh]), queries, k)
             scores = np.concatenate([scores, extra_scores], axis=1)
@@ -735,6 +767,10 @@ class Collection:
         from sharpclip.search import search
 
         return search(self, text=text, image=image, like=like, k=k, **options)
+
+
+def _as_matrix(queries: np.ndarray, dim: int) -> np.ndarray:
+    return np.asarray(queries, dtype=np.float32).reshape(-1, dim)
 
 
 def _connect(file: Path) -> sqlite3.Connection:

@@ -21,9 +21,8 @@ import numpy as np
 
 from sharpclip.store.collection import IMAGE_SET, Collection, index_file_for
 from sharpclip.store.faults import crash_point
+from sharpclip.store.schema import CHECKSUM_BATCH_ROWS
 from sharpclip.store.search_index import AnnIndex, SearchConfig
-
-BATCH_ROWS = 4096  # rows per checksum batch in a compacted file
 
 
 @dataclass(frozen=True)
@@ -89,8 +88,9 @@ def _write_rows(vectors: np.ndarray, rows: np.ndarray, file) -> list[tuple[int, 
     returns the checksum batches (start, count, sha256) of the copy."""
     batches = []
     with open(file, "xb") as handle:
-        for start in range(0, len(rows), BATCH_ROWS):
-            chunk = np.ascontiguousarray(vectors[rows[start:start + BATCH_ROWS]], np.float32)
+        for start in range(0, len(rows), CHECKSUM_BATCH_ROWS):
+            part = rows[start:start + CHECKSUM_BATCH_ROWS]
+            chunk = np.ascontiguousarray(vectors[part], np.float32)
             data = chunk.tobytes()
             handle.write(data)
             batches.append((start, len(chunk), hashlib.sha256(data).hexdigest()))

@@ -19,7 +19,9 @@ import sqlite3
 from pathlib import Path
 
 SCHEMA_VERSION = 2
-LEGACY_BATCH_ROWS = 4096  # rows per checksum batch recorded for vectors written before version 2
+# Rows per checksum batch where no commit batch defines one (rows migrated from version 1, a
+# compacted file): small, because a search hashes the batch of each hit it returns.
+CHECKSUM_BATCH_ROWS = 256
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -115,8 +117,8 @@ def _v1_to_v2(db: sqlite3.Connection, collection: Path) -> None:
         if rows == 0 or not path.is_file() or path.stat().st_size < rows * dim * 4:
             continue  # nothing to vouch for: a short file is reported and repaired on open
         with open(path, "rb") as handle:
-            for start in range(0, rows, LEGACY_BATCH_ROWS):
-                count = min(LEGACY_BATCH_ROWS, rows - start)
+            for start in range(0, rows, CHECKSUM_BATCH_ROWS):
+                count = min(CHECKSUM_BATCH_ROWS, rows - start)
                 digest = hashlib.sha256(handle.read(count * dim * 4)).hexdigest()
                 db.execute("INSERT INTO vector_batches VALUES (?, ?, ?, ?)",
                            (name, start, count, digest))
