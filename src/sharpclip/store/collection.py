@@ -149,6 +149,30 @@ class Snapshot:
         return _row_mask(self.live_rows, self.rows if n is None else n)
 
 
+def surviving_rows(batch_ends: Sequence[int], present: int) -> int:
+    """How many rows a vector file that holds ``present`` whole rows keeps after a repair: up to
+    the end of the last checksum batch wholly present (a partial batch cannot be verified)."""
+    if not batch_ends:
+        return present
+    return max((end for end in batch_ends if end <= present), default=0)
+
+
+def index_matches(index: AnnIndex, vectors: np.ndarray, sample: int = 16) -> bool:
+    """Whether ``index`` was built from ``vectors``: its rows lie within them and the vectors it
+    stores for ``sample`` evenly spread live rows equal the file's (an index copied from another
+    collection, or left from before a ``compact``, fails)."""
+    if index.dim != vectors.shape[1]:
+        return False
+    kept = np.flatnonzero(~index.deleted_)
+    if not len(kept):
+        return True
+    if index.rows_.max() >= len(vectors) or index.rows_.min() < 0:
+        return False
+    picked = kept[np.linspace(0, len(kept) - 1, min(sample, len(kept))).astype(np.int64)]
+    stored = np.stack([index.index_.reconstruct(int(i)) for i in picked])
+    return bool(np.allclose(stored, np.asarray(vectors[index.rows_[picked]]), atol=1e-6))
+
+
 def index_file_for(vector_file: Path) -> Path:
     """The ANN index file that belongs to a vector file (a new file after ``compact``)."""
     return vector_file.parent.parent / "index" / f"{vector_file.stem}.faiss"
@@ -481,10 +505,8 @@ class Collection:
         db.execute("BEGIN IMMEDIATE")
         try:
             ends = [s + c for s, c in db.execute(
-                "SELECT start, count FROM vector_batches WHERE vector_set = ? ORDER BY start",
-                (name,))]
-            whole = [end for end in ends if end <= valid_rows]
-            cut = max(whole, default=0) if ends else valid_rows
+                "SELECT start, count FROM vector_batches WHERE vector_set = ?", (name,))]
+            cut = surviving_rows(ends, valid_rows)
             lost = [i for (i,) in db.execute(
                 "SELECT id FROM items WHERE status = 'ok' AND row >= ?", (cut,))]
             self._mark_lost(lost, detail)
@@ -616,7 +638,7 @@ class Collection:
         config = config or SearchConfig()
         snap, vectors = self.read_vectors()
         live = snap.live_rows
-        ann = self._reader_ann(snap) if self.uses_ann(len(live), exact, config) else None
+        ann = self._reader_ann(snap, vectors) if self.uses_ann(len(live), exact, config) else None
         if ann is None:
             return exact_topk(vectors, queries, k, valid=_row_mask(live, len(vectors)))
         index, fresh = ann
@@ -643,9 +665,10 @@ class Collection:
 
     def has_index(self) -> bool:
         """Whether a readable ANN index file exists for the current vector file."""
-        return self._reader_ann(self.read_vectors()[0]) is not None
+        return self._reader_ann(*self.read_vectors()) is not None
 
-    def _reader_ann(self, snap: Snapshot) -> tuple[AnnIndex, np.ndarray] | None:
+    def _reader_ann(self, snap: Snapshot,
+                    vectors: np.ndarray) -> tuple[AnnIndex, np.ndarray] | None:
         """(index with removed rows masked, live rows it lacks) for ``snap``; never writes."""
         file = index_file_for(snap.file)
         try:
@@ -662,8 +685,8 @@ class Collection:
         else:
             try:
                 index = AnnIndex.load(file)
-                if index.dim != snap.dim or (len(index.rows_) and index.rows_.max() >= snap.rows):
-                    raise ValueError(f"{file} does not belong to {snap.file.name}")
+                if not index_matches(index, vectors):
+                    raise ValueError(f"it was not built from {snap.file.name}")
             except (OSError, ValueError, RuntimeError) as error:
                 self._warn_once(f"bad-index-{stamp}", f"{file}: unusable ANN index ({error}); "
                                 f"searching exactly; `sharpclip check -c {self.path} --repair` "
@@ -689,7 +712,8 @@ class Collection:
         if file.exists():
             try:
                 index = AnnIndex.load(file)
-                if index.dim != snap.dim or (len(index.rows_) and index.rows_.max() >= snap.rows):
+                if not index_matches(index, vectors):
+                    logger.warning("%s was not built from %s; rebuilding it", file, snap.file.name)
                     index = None
             except (OSError, ValueError, RuntimeError) as error:
                 logger.warning("%s: unusable ANN index (%s); rebuilding it", file, error)

@@ -34,6 +34,8 @@ from sharpclip.store.collection import (
     CollectionError,
     DamagedCollectionError,
     index_file_for,
+    index_matches,
+    surviving_rows,
 )
 from sharpclip.store.search_index import AnnIndex
 
@@ -155,15 +157,16 @@ def _check_vector_set(coll: Collection, report: CheckReport, name: str, dim: int
             f"{(size - rows * row_bytes) // row_bytes} uncommitted rows past the committed end "
             "(an interrupted run)", "the next `index` trims them"))
     present = 0 if size is None else min(rows, size // row_bytes)
+    batches = coll._db.execute("SELECT start, count, sha256 FROM vector_batches WHERE "
+                               "vector_set = ? ORDER BY start", (name,)).fetchall()
     if present < rows:
-        hit = [v for r, v in live.items() if r >= present]
+        cut = surviving_rows([s + c for s, c, _ in batches], present)
+        hit = [v for r, v in live.items() if r >= cut]
         what = "is missing" if size is None else f"holds {present} of its {rows} committed rows"
         report.problems.append(Problem(
             "vectors", "error", str(file), f"the vector file {what}: those vectors are lost",
             f"`sharpclip check -c {coll.path} --repair` (or `index`) re-embeds the affected items",
             *_affected(hit)))
-    batches = coll._db.execute("SELECT start, count, sha256 FROM vector_batches WHERE "
-                               "vector_set = ? ORDER BY start", (name,)).fetchall()
     damaged_live, damaged_orphan, hashed = [], 0, 0
     if size is not None:
         with open(file, "rb") as handle:
@@ -234,22 +237,15 @@ def _check_index(coll: Collection, report: CheckReport, live: dict[int, tuple[in
         return
     try:
         index = AnnIndex.load(file)
-        kept = ~index.deleted_
-        if index.dim != snap.dim or (len(index.rows_) and index.rows_.max() >= snap.rows):
-            raise ValueError("it was not built from this vector file")
-        ids = np.flatnonzero(kept)
-        sample = ids[np.linspace(0, len(ids) - 1, min(INDEX_SAMPLE, len(ids))).astype(int)] \
-            if len(ids) else ids
-        stored = np.stack([index.index_.reconstruct(int(i)) for i in sample]) if len(sample) \
-            else np.zeros((0, snap.dim), np.float32)
-        if not np.allclose(stored, np.asarray(vectors[index.rows_[sample]]), atol=1e-6):
-            raise ValueError("its stored vectors differ from the vector file's")
-    except (OSError, ValueError, RuntimeError, KeyError) as error:
+        if not index_matches(index, vectors, sample=INDEX_SAMPLE):
+            raise ValueError("it was not built from this vector file (its vectors differ)")
+    except (OSError, ValueError, RuntimeError) as error:
         report.problems.append(Problem(
             "index", "warning", str(file),
             f"the ANN index is unusable ({error}); searches scan exactly instead",
             f"`sharpclip check -c {coll.path} --repair` rebuilds it"))
         return
+    kept = ~index.deleted_
     indexed = set(index.rows_[kept].tolist())
     lag = len(indexed ^ set(live))
     if lag:

@@ -394,18 +394,25 @@ class AnnIndex:
         with open(path, "rb") as f:
             if f.read(len(_MAGIC)) != _MAGIC:
                 raise ValueError(f"{path} is not a sharpclip ANN index file; rebuild the index")
-            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-            if header["format_version"] > _FORMAT_VERSION:
+            try:
+                header = json.loads(f.read(min(int.from_bytes(f.read(8), "little"), 1 << 20)))
+            except ValueError:
+                raise ValueError(f"{path} has a damaged header; rebuild the index") from None
+            if header.get("format_version", 0) > _FORMAT_VERSION:
                 raise ValueError(f"{path} has index format {header['format_version']}, newer than "
                                  f"this sharpclip reads ({_FORMAT_VERSION}); upgrade sharpclip "
                                  "or rebuild the index")
-            index = cls(header["dim"], SearchConfig(**header["config"]))
-            index.rows_ = np.load(f, allow_pickle=False)
-            index.deleted_ = np.load(f, allow_pickle=False)
-            if header["has_index"]:
-                reader = faiss.PyCallbackIOReader(f.read)
-                index.index_ = faiss.read_index(reader)
-                del reader
+            try:
+                index = cls(header["dim"], SearchConfig(**header["config"]))
+                index.rows_ = np.load(f, allow_pickle=False)
+                index.deleted_ = np.load(f, allow_pickle=False)
+                if header["has_index"]:
+                    reader = faiss.PyCallbackIOReader(f.read)
+                    index.index_ = faiss.read_index(reader)
+                    del reader
+            except (KeyError, TypeError, ValueError, RuntimeError, EOFError) as error:
+                raise ValueError(f"{path} is damaged ({type(error).__name__}); rebuild the "
+                                 "index") from None
         if index.index_ is not None and index.index_.ntotal != len(index.rows_):
             raise ValueError(f"{path} is inconsistent ({index.index_.ntotal} vectors, "
                              f"{len(index.rows_)} rows); rebuild the index")
