@@ -45,8 +45,10 @@ def repair_collection(path, found: CheckReport, config: IndexConfig | None = Non
     """Repair what ``found`` (a check of ``path``) reports; returns what was done. ``config``
     says how files are re-embedded (default: one worker, no progress bar)."""
     config = config or IndexConfig(progress=False)
-    if any(p.kind == "catalog" and p.severity == "error" for p in found.problems):
-        raise DamagedCollectionError(next(p.message for p in found.problems if p.kind == "catalog"))
+    for p in found.problems:
+        if p.kind == "catalog" and p.severity == "error":
+            raise DamagedCollectionError(f"{p.file}: {p.message}; cannot be repaired in place: "
+                                         f"{p.fix}")
     report = RepairReport()
     with Collection.open(path) as coll:
         with coll.writing():  # taking the lock already handles short and missing vector files

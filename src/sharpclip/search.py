@@ -58,6 +58,10 @@ def _query_vector(coll: Collection, text, image, like) -> tuple[np.ndarray, dict
         if item is None or item.status != "ok":
             raise ValueError(f"{like} is not an indexed item of {coll.path}; "
                              "index it first or query with --image FILE")
+        if not coll.intact_rows([item.row])[0]:
+            raise ValueError(f"{item.path}: its stored vector changed on disk (checksum mismatch); "
+                             f"run `sharpclip check -c {coll.path} --repair`, or query with "
+                             "--image FILE")
         return np.array(coll.vectors()[item.row]), {"like": item.path}
     if isinstance(image, (str, os.PathLike)):
         from sharpclip.data.imagefiles import load_rgb
@@ -85,23 +89,40 @@ def search(coll: Collection, text: str | None = None, image=None, like=None, k: 
     if condition is not None:
         if text is not None:
             raise ValueError("--condition compares images: use it with --image or --like")
-        scores, rows = _conditional_candidates(coll, query, condition, k, concepts)
         described["condition"] = condition
+
+        def candidates(n: int) -> tuple[np.ndarray, np.ndarray]:
+            return _conditional_candidates(coll, query, condition, n, concepts)
     else:
-        scores, rows = coll.nearest(query[None, :], k, exact=exact)
-        scores, rows = scores[0], rows[0]
         ann = coll.uses_ann(len(coll.live_rows()[0]), exact) and coll.has_index()
         described["mode"] = "ann" if ann else "exact"
+
+        def candidates(n: int) -> tuple[np.ndarray, np.ndarray]:
+            scores, rows = coll.nearest(query[None, :], n, exact=exact)
+            return scores[0], rows[0]
+    scores, rows = _intact_top(coll, candidates, k)
     timing["search"] = (time.perf_counter() - start) * 1e3
-    intact = coll.intact_rows(rows)
-    if not intact.all():
-        logger.warning("%s: %d hits left out: their stored vectors changed on disk; run "
-                       "`sharpclip check -c %s --repair`", coll.path, int((~intact).sum()), coll.path)
-        scores, rows = scores[intact], rows[intact]
     located = coll.paths_for_rows(rows)
     hits = [Hit(located[int(r)][1], float(s), located[int(r)][0])
             for s, r in zip(scores, rows) if int(r) in located]
     return SearchResult(hits, {**described, "k": k}, timing)
+
+
+def _intact_top(coll: Collection, candidates, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top ``k`` of ``candidates(n)`` whose stored vectors are intact: a row whose checksum
+    batch changed on disk is never a hit; more candidates are fetched in its place."""
+    n = k
+    while True:
+        scores, rows = candidates(n)
+        intact = coll.intact_rows(rows)
+        if intact.all():
+            return scores[:k], rows[:k]
+        if intact.sum() >= k or len(rows) < n or n >= 64 * k:
+            logger.warning("%s: left out %d candidates whose stored vectors changed on disk; run "
+                           "`sharpclip check -c %s --repair`", coll.path, int((~intact).sum()),
+                           coll.path)
+            return scores[intact][:k], rows[intact][:k]
+        n *= 4
 
 
 def condition_projection(coll: Collection, condition: str, concepts=None,

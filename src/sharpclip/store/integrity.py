@@ -30,6 +30,7 @@ import numpy as np
 
 from sharpclip.store.collection import (
     DB_NAME,
+    VECTORS_LOST,
     Collection,
     CollectionError,
     DamagedCollectionError,
@@ -136,6 +137,14 @@ def _check_items(coll: Collection, report: CheckReport) -> dict[int, tuple[int, 
             "rows", "error", str(coll.path / DB_NAME),
             f"{len(bad)} items point at no committed vector row or share one",
             f"`sharpclip check -c {coll.path} --repair` re-embeds them", *_affected(bad)))
+    lost = coll._db.execute("SELECT id, path FROM items WHERE status = 'error' AND reason = ?",
+                            (VECTORS_LOST,)).fetchall()
+    if lost:
+        report.problems.append(Problem(
+            "vectors", "error", str(coll._vector_set("image")[2]),
+            f"{len(lost)} items lost their vectors and wait to be re-embedded",
+            f"`sharpclip check -c {coll.path} --repair` (or `index`) re-embeds them",
+            *_affected(lost)))
     report.stats.update(items=coll.counts()["ok"], failed=coll.counts()["error"], rows=rows,
                         orphaned_rows=rows - len(by_row))
     if rows > len(by_row):

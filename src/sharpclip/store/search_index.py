@@ -158,7 +158,8 @@ def exact_topk(
     is not float32 (float32 is the fast path; other dtypes are upcast chunk by chunk).
 
     Args:
-        vectors: ``(N, d)`` row-major array or ``np.memmap``; must be finite.
+        vectors: ``(N, d)`` row-major array or ``np.memmap``; a row whose score is NaN (a
+            damaged vector) scores ``-inf``.
         queries: ``(Q, d)`` or ``(d,)``.
         k: number of results per query (>= 1).
         valid: optional boolean mask of length ``N``; rows where it is False (deleted) are never
@@ -200,6 +201,9 @@ def exact_topk(
         stop = min(start + chunk_rows, n)
         chunk = np.asarray(vectors[start:stop], dtype=np.float32)
         block = q @ chunk.T
+        nan = np.isnan(block)  # a damaged vector: it ranks last instead of breaking the sort
+        if nan.any():
+            block[nan] = -np.inf
         if valid is not None:
             dead = np.flatnonzero(~valid[start:stop])
             if dead.size == stop - start:
