@@ -1,11 +1,12 @@
 """Child process of the fault-injection tests: import everything and load the model first, say
 "ready" on stdout, then run one sharpclip command line (so a kill lands inside the command, not
-inside Python's start-up)."""
+inside Python's start-up), then say "done SECONDS" and exit at once."""
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 
 from sharpclip.cli import main
 from sharpclip.models import load_model
@@ -19,4 +20,9 @@ if __name__ == "__main__":
             module.SearchConfig = lambda: SearchConfig(ann_threshold=int(threshold))
     load_model("bundled")  # warms the imports; the command loads it again in ~0.1 s
     print("ready", flush=True)
-    sys.exit(main(sys.argv[1:]))
+    start = time.perf_counter()
+    code = main(sys.argv[1:])
+    print(f"done {time.perf_counter() - start:.4f}", flush=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # the kill must land in the command, not in the interpreter's slow teardown

@@ -91,8 +91,9 @@ def assert_correct(coll_path: Path, folder: Path, expected: Expected) -> None:
 
 
 def run_worker(argv: list[str], crash_at: str | None = None, kill_after: float | None = None,
-               timeout: float = 300) -> int:
-    """Run one command in a child; kill -9 it ``kill_after`` seconds after it is ready."""
+               timeout: float = 300) -> tuple[int, float | None]:
+    """Run one command in a child; kill -9 it ``kill_after`` seconds after it is ready.
+    Returns its exit status and, when it finished before any kill, how long the command took."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop(ENV, None)
     if crash_at:
@@ -104,9 +105,16 @@ def run_worker(argv: list[str], crash_at: str | None = None, kill_after: float |
         time.sleep(kill_after)
         child.send_signal(signal.SIGKILL)
     child.wait(timeout)
-    err = child.stderr.read()
+    out, err = child.stdout.read(), child.stderr.read()
     assert child.returncode in (0, -signal.SIGKILL), err
-    return child.returncode
+    done = [line.split()[1] for line in out.splitlines() if line.startswith("done ")]
+    return child.returncode, float(done[0]) if done else None
+
+
+def killed(argv: list[str], crash_at: str) -> bool:
+    """Whether the command died at the crash point (SIGKILL before it finished)."""
+    code, took = run_worker(argv, crash_at=crash_at)
+    return code == -signal.SIGKILL and took is None
 
 
 def index_argv(folder: Path, coll_path: Path) -> list[str]:
@@ -155,7 +163,7 @@ INDEX_POINTS = ["commit.vectors_appended:1", "commit.vectors_appended:3", "commi
 @pytest.mark.parametrize("point", INDEX_POINTS)
 def test_crash_inside_index(started, point):
     coll_path, folder, expected = started
-    assert run_worker(index_argv(folder, coll_path), crash_at=point) == -signal.SIGKILL
+    assert killed(index_argv(folder, coll_path), point)
     resume(coll_path, folder)
     assert_correct(coll_path, folder, expected)
 
@@ -164,7 +172,7 @@ def test_crash_inside_remove(started):
     coll_path, folder, expected = started
     victim = min(folder.glob("s*.png"))
     argv = ["remove", str(victim), "-c", str(coll_path)]
-    assert run_worker(argv, crash_at="remove.committed") == -signal.SIGKILL
+    assert killed(argv, "remove.committed")
     with Collection.open(coll_path) as coll:
         assert coll.item(victim) is None  # the kill came after the commit
     victim.unlink()
@@ -184,7 +192,7 @@ def test_crash_inside_compact_leaves_the_old_or_the_new(started, point, monkeypa
         coll.add([folder], config=INLINE)  # leaves orphaned rows for compact to drop
         old_rows, live = coll.vectors().shape[0], coll.counts()["ok"]
         assert old_rows > live
-    assert run_worker(["compact", "-c", str(coll_path)], crash_at=point) == -signal.SIGKILL
+    assert killed(["compact", "-c", str(coll_path)], point)
     with Collection.open(coll_path) as coll:
         rows = coll.vectors().shape[0]
     assert rows == (live if point == "compact.committed" else old_rows)
@@ -199,8 +207,8 @@ def test_crash_inside_repair(started, model):
         coll.add([folder], config=INLINE)
     os.truncate(coll_path / "vectors" / "image.f32", 3 * model.dim * 4)
     argv = ["check", "-c", str(coll_path), "--repair", "--workers", "0"]
-    assert run_worker(argv, crash_at="commit.vectors_appended:1") == -signal.SIGKILL
-    assert run_worker(argv) == 0
+    assert killed(argv, "commit.vectors_appended:1")
+    assert run_worker(argv)[0] == 0
     assert_correct(coll_path, folder, expected)
 
 
@@ -212,7 +220,7 @@ def test_crash_after_repair_marked_items_lost(started, model):
         handle.seek(5 * model.dim * 4)
         handle.write(b"\x7f" * 16)
     argv = ["check", "-c", str(coll_path), "--repair", "--workers", "0"]
-    assert run_worker(argv, crash_at="repair.marked") == -signal.SIGKILL
+    assert killed(argv, "repair.marked")
     with Collection.open(coll_path) as coll:  # marked lost, not yet re-embedded: never returned
         lost = {i.path for i in coll.items("error") if i.reason == "vectors_lost"}
         assert len(lost) == 2  # the batch of 2 holding the damaged row
@@ -225,17 +233,22 @@ def test_crash_after_repair_marked_items_lost(started, model):
 
 
 def random_kill_trials(tmp_path: Path, model, trials: int, seed: int) -> dict[str, int]:
-    """``trials`` kill -9s at random instants of random commands; returns kills per command."""
+    """``trials`` kill -9s at random instants of random commands; returns, per command, how many
+    kills landed before the command finished (the delay is drawn up to 1.2 times the command's
+    own duration, measured on its last unkilled run)."""
     rng = np.random.default_rng(seed)
     expected = Expected(model)
     folder, coll_path = tmp_path / "in", tmp_path / "c.sc"
     write_scenes(folder, 16, seed=seed)
     with Collection.create(coll_path, model) as coll:
         coll.add([folder], config=INLINE)
-    kills = {"index": 0, "remove": 0, "compact": 0, "check --repair": 0}
-    for step in range(trials):
+    commands = ["index", "remove", "compact", "check --repair"]
+    kills = dict.fromkeys(commands, 0)
+    duration = dict.fromkeys(commands, None)
+    for step in range(trials + len(commands)):
         churn_folder(folder, rng, step + 1)
-        command = ["index", "remove", "compact", "check --repair"][int(rng.integers(4))]
+        calibrating = step < len(commands)  # each command once unkilled, to time it
+        command = commands[step] if calibrating else commands[int(rng.integers(4))]
         if command == "index":
             argv = index_argv(folder, coll_path)
         elif command == "remove":
@@ -251,8 +264,12 @@ def random_kill_trials(tmp_path: Path, model, trials: int, seed: int) -> dict[st
             os.truncate(file, int(rng.integers(0, file.stat().st_size // (model.dim * 4))) *
                         model.dim * 4)
             argv = ["check", "-c", str(coll_path), "--repair", "--workers", "0"]
-        if run_worker(argv, kill_after=float(rng.uniform(0.0, 0.6))) == -signal.SIGKILL:
+        delay = None if calibrating else float(rng.uniform(0.0, 1.2 * duration[command]))
+        _, took = run_worker(argv, kill_after=delay)
+        if took is None:
             kills[command] += 1
+        else:
+            duration[command] = took
         if command == "remove":
             for victim in argv[1:-2]:
                 Path(victim).unlink()
@@ -262,7 +279,7 @@ def random_kill_trials(tmp_path: Path, model, trials: int, seed: int) -> dict[st
 
 
 def test_random_kills_short(tmp_path, model):
-    random_kill_trials(tmp_path, model, trials=2, seed=7)
+    random_kill_trials(tmp_path, model, trials=1, seed=7)
 
 
 @pytest.mark.slow
