@@ -2,8 +2,9 @@
 
 A collection of ``--n`` synthetic unit vectors (the bundled model's width; search cost does not
 depend on values) is committed directly, then each query kind is timed through
-``Collection.search`` (SQLite snapshot, index sync, row -> path lookup: everything but encoding,
-since ``--like`` reuses a stored vector) beside the core call it wraps on the same data:
+``Collection.search`` (SQLite snapshot, the lag check against the saved index, exact re-scoring of
+the ANN hits, the checksum of each hit's batch, row -> path lookup: everything but encoding, since
+``--like`` reuses a stored vector) beside the core call it wraps on the same data:
 ``exact_topk`` for exact search, ``AnnIndex.search`` for the HNSW index, the projected scan for a
 conditional query. The ratio (pipeline / core) has the goal <= 1.5.
 
@@ -50,8 +51,10 @@ def main() -> None:
         like = "/synthetic/5.jpg"
         query = np.array(coll.vectors()[coll.item(like).row])[None, :]
         vectors, mask = coll.vectors(), coll.live_mask()
-        coll.search(like=like, k=args.k)  # builds the HNSW index when n is above the threshold
-        index = coll._ann[1] if coll._ann is not None else None
+        with coll.writing():  # what `index` does at its end: build the HNSW index if n is large
+            coll.sync_index(progress=True)
+        ann = coll._reader_ann(*coll.read_vectors()) if coll.uses_ann(args.n, None) else None
+        index = ann[0] if ann is not None else None
         W, gallery = condition_projection(coll, "colour")
         rows = [
             ("exact", lambda: coll.search(like=like, k=args.k, exact=True),

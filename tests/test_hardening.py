@@ -131,6 +131,37 @@ def test_short_or_missing_vector_file_is_refused_then_reembedded(indexed, model,
         assert top_hit(coll_path, path) == (str(path), pytest.approx(1.0, abs=1e-4))
 
 
+def test_vector_file_deleted_under_a_running_writer_is_refused(indexed, model, monkeypatch):
+    """Appending to a recreated file would point new rows at other items' vectors."""
+    coll_path, paths = indexed
+    extra = write_scenes(coll_path.parent / "more", 2, seed=35, prefix="m")
+    real_encode = type(model).encode_pixels
+
+    def delete_then_encode(self, pixels):
+        (coll_path / "vectors" / "image.f32").unlink(missing_ok=True)
+        return real_encode(self, pixels)
+
+    with Collection.open(coll_path, model) as coll:
+        monkeypatch.setattr(type(model), "encode_pixels", delete_then_encode)
+        with pytest.raises(DamagedCollectionError, match="run the same command again"):
+            coll.add(extra, config=INLINE)
+        monkeypatch.undo()
+    with Collection.open(coll_path, model) as coll:
+        coll.add([paths[0].parent, extra[0].parent], config=INLINE)  # the next run re-embeds
+        assert coll.counts() == {"ok": 14, "error": 0}
+        for path in paths + extra:
+            assert coll.search(image=path, k=1).hits[0].path == str(path)
+
+
+def test_a_read_only_cache_folder_only_costs_the_cache(indexed, model, monkeypatch):
+    coll_path, paths = indexed
+    monkeypatch.setattr(np, "save", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space")))
+    with Collection.open(coll_path, model) as coll:
+        hits = coll.search(like=paths[0], k=1, condition="colour").hits
+    assert hits[0].path == str(paths[0])
+    assert not list((coll_path / "cache").glob("*"))
+
+
 # -- 3, 4. link loops, FIFOs and devices never abort or hang a run -----------------------------
 
 

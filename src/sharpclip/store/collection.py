@@ -475,13 +475,16 @@ class Collection:
         ``compact`` or save leaves them). Only the lock holder calls this."""
         current = {file.name for _, _, _, file in self.vector_sets()}
         indexes = {index_file_for(self.path / "vectors" / name).name for name in current}
+        stale = time.time() - 3600  # readers write caches too: only their long-dead temporaries
         for folder, keep in (("vectors", current), ("index", indexes), ("cache", None)):
             directory = self.path / folder
             if not directory.is_dir():
                 continue
             for file in directory.iterdir():
-                temporary = file.name.startswith(".")
-                if temporary or (keep is not None and file.name not in keep):
+                if keep is None:
+                    if file.name.startswith(".") and file.stat().st_mtime < stale:
+                        file.unlink(missing_ok=True)
+                elif file.name.startswith(".") or file.name not in keep:
                     file.unlink(missing_ok=True)
 
     def _reconcile_vector_files(self) -> None:
@@ -558,6 +561,11 @@ class Collection:
                 raise CollectionError(f"vectors have dim {vectors.shape[1]}, collection has {dim}")
             data = vectors.tobytes()
             digest = hashlib.sha256(data).hexdigest()
+            size = file.stat().st_size if file.exists() else None
+            if size != rows * dim * 4:  # deleted or cut under a running writer: never misalign
+                raise DamagedCollectionError(
+                    f"{file} changed while this run was writing it ({size} bytes, expected "
+                    f"{rows * dim * 4}); run the same command again to re-embed what was lost")
             with open(file, "ab") as handle:
                 handle.write(data)
                 handle.flush()
@@ -766,17 +774,24 @@ class Collection:
         """Store a derived array under ``key``, stamped with the ``generation`` of the data it
         was computed from (atomic replace; the stamp holds the file's SHA-256)."""
         folder = self.path / "cache"
-        folder.mkdir(exist_ok=True)
         target = folder / f"{name}.npy"
         tmp = folder / f".{name}.{os.getpid()}.npy"
-        np.save(tmp, array)
-        stamp = target.with_suffix(".json")
-        stamp.unlink(missing_ok=True)  # a stale stamp must never vouch for the new array
-        digest = _file_sha256(tmp)
-        os.replace(tmp, target)
         tmp_stamp = folder / f".{name}.{os.getpid()}.json"
-        tmp_stamp.write_text(json.dumps({"key": key, "generation": generation, "sha256": digest}))
-        os.replace(tmp_stamp, stamp)
+        stamp = target.with_suffix(".json")
+        try:
+            folder.mkdir(exist_ok=True)
+            np.save(tmp, array)
+            stamp.unlink(missing_ok=True)  # a stale stamp must never vouch for the new array
+            digest = _file_sha256(tmp)
+            os.replace(tmp, target)
+            tmp_stamp.write_text(json.dumps({"key": key, "generation": generation,
+                                             "sha256": digest}))
+            os.replace(tmp_stamp, stamp)
+        except OSError as error:  # a full disk or a read-only collection: just not cached
+            logger.warning("%s: cannot store the cache (%s); it is recomputed next time", target,
+                           error)
+            tmp.unlink(missing_ok=True)
+            tmp_stamp.unlink(missing_ok=True)
 
     # -- the pipelines (wired outside store/) ---------------------------------------------------
 
