@@ -44,6 +44,7 @@ import numpy as np
 
 from sharpclip.data.imagefiles import COLLECTION_MARKER, path_key
 from sharpclip.store import schema
+from sharpclip.store.caches import Caches
 from sharpclip.store.faults import crash_point
 from sharpclip.store.search_index import AnnIndex, SearchConfig, exact_topk, needs_ann
 
@@ -188,7 +189,7 @@ class Collection:
         # Derived from the database, kept per generation: reused while nothing was committed.
         self._snap: Snapshot | None = None
         self._ann: tuple[int, tuple, AnnIndex, np.ndarray] | None = None
-        self._verified_caches: dict[str, tuple] = {}
+        self._caches = Caches(self.path / "cache")
         self._verified_batches: dict[tuple, bool] = {}
         self._warned: set[str] = set()
         self.repairs: list[str] = []  # what the writer repaired on taking the lock, for reports
@@ -752,46 +753,13 @@ class Collection:
     # -- derived caches -------------------------------------------------------------------------
 
     def cache_get(self, name: str, key: str) -> np.ndarray | None:
-        """A cached array if it was stored under ``key`` at the current generation and its bytes
-        match the checksum stored with it, else None (a damaged cache is simply recomputed)."""
-        file = self.path / "cache" / f"{name}.npy"
-        try:
-            stamp = json.loads(file.with_suffix(".json").read_text())
-            if stamp.get("key") != key or stamp.get("generation") != self.generation:
-                return None
-            stat = file.stat()
-            seen = (stamp.get("sha256"), stat.st_ino, stat.st_size, stat.st_mtime_ns)
-            if self._verified_caches.get(name) != seen:
-                if _file_sha256(file) != stamp.get("sha256"):
-                    logger.warning("%s: checksum mismatch; recomputing it", file)
-                    return None
-                self._verified_caches[name] = seen  # hashed once per process and file version
-            return np.load(file, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError, AttributeError):  # missing, garbage JSON or .npy
-            return None
+        """A cached array stored under ``key`` at the current generation, intact, else None."""
+        return self._caches.get(name, key, self.generation)
 
     def cache_put(self, name: str, key: str, array: np.ndarray, generation: int) -> None:
         """Store a derived array under ``key``, stamped with the ``generation`` of the data it
-        was computed from (atomic replace; the stamp holds the file's SHA-256)."""
-        folder = self.path / "cache"
-        target = folder / f"{name}.npy"
-        tmp = folder / f".{name}.{os.getpid()}.npy"
-        tmp_stamp = folder / f".{name}.{os.getpid()}.json"
-        stamp = target.with_suffix(".json")
-        try:
-            folder.mkdir(exist_ok=True)
-            np.save(tmp, array)
-            stamp.unlink(missing_ok=True)  # a stale stamp must never vouch for the new array
-            digest = _file_sha256(tmp)
-            os.replace(tmp, target)
-            tmp_stamp.write_text(json.dumps({"key": key, "generation": generation,
-                                             "sha256": digest}))
-            os.replace(tmp_stamp, stamp)
-        except OSError as error:  # a full disk or a read-only collection: just not cached
-            logger.warning("%s: cannot store the cache (%s); it is recomputed next time", target,
-                           error)
-            tmp.unlink(missing_ok=True)
-            tmp_stamp.unlink(missing_ok=True)
+        was computed from (see :class:`~sharpclip.store.caches.Caches`)."""
+        self._caches.put(name, key, array, generation)
 
     # -- the pipelines (wired outside store/) ---------------------------------------------------
 
@@ -852,14 +820,6 @@ def short_file_message(path: Path, file: Path, rows: int, valid: int, size: int 
         return f"its vector was lost ({file.name} {what}); `sharpclip index` re-embeds it"
     return (f"{file} {what} (deleted or truncated outside sharpclip): run "
             f"`sharpclip check -c {path} --repair` to re-embed the affected items")
-
-
-def _file_sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _row_mask(rows: np.ndarray, n: int) -> np.ndarray:

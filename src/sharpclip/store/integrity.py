@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sharpclip.store.caches import file_sha256
 from sharpclip.store.collection import (
     DB_NAME,
     VECTORS_LOST,
@@ -218,8 +219,7 @@ def _check_caches(coll: Collection, report: CheckReport) -> None:
     for file in sorted(folder.glob("*.npy")) if folder.is_dir() else ():
         try:
             stamp = json.loads(file.with_suffix(".json").read_text())
-            with open(file, "rb") as handle:
-                ok = hashlib.sha256(handle.read()).hexdigest() == stamp.get("sha256")
+            ok = file_sha256(file) == stamp.get("sha256")
             np.load(file, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError, AttributeError):
             ok = False
