@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
+from synthetic import fill
 
-from sharpclip.store.collection import Collection, ItemUpdate
+from sharpclip.store.collection import Collection
 from sharpclip.store.compact import compact
 from sharpclip.store.integrity import check_collection
 
@@ -34,17 +34,6 @@ def synthetic_model(dim: int) -> SimpleNamespace:
     preprocess = SimpleNamespace(crop_hw=(224, 224), mean=(0.5,) * 3, std=(0.5,) * 3)
     return SimpleNamespace(name="synthetic", fingerprint=f"synthetic-{dim}", model_type="clip",
                            dim=dim, preprocess=preprocess)
-
-
-def fill(coll: Collection, n: int, batch: int) -> None:
-    rng = np.random.default_rng(0)
-    with coll.writing():
-        for start in range(0, n, batch):
-            m = min(batch, n - start)
-            vectors = rng.standard_normal((m, coll.info.dim)).astype(np.float32)
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-            coll.commit([ItemUpdate(f"/synthetic/{start + i}.jpg", f"h{start + i}", 1, 1,
-                                    vector_index=i) for i in range(m)], vectors)
 
 
 def hash_file(file: Path) -> float:

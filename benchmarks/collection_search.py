@@ -20,23 +20,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from synthetic import fill
 from timing import median_ms
 
 from sharpclip.methods.conditional import project
 from sharpclip.search import condition_projection
-from sharpclip.store.collection import Collection, ItemUpdate
+from sharpclip.store.collection import Collection
 from sharpclip.store.search_index import exact_topk
-
-
-def fill(coll: Collection, n: int, batch: int = 50_000) -> None:
-    rng = np.random.default_rng(0)
-    with coll.writing():
-        for start in range(0, n, batch):
-            m = min(batch, n - start)
-            vectors = rng.standard_normal((m, coll.info.dim)).astype(np.float32)
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-            coll.commit([ItemUpdate(f"/synthetic/{start + i}.jpg", f"h{start + i}", 1, 1,
-                                    vector_index=i) for i in range(m)], vectors)
 
 
 def main() -> None:

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from scenes import write_scenes
 from sharpclip.cli import main
 from sharpclip.data import shapes
 from sharpclip.data.imagefiles import content_hash, load_rgb
 from sharpclip.ingest import IndexConfig
-from sharpclip.models import load_model
 from sharpclip.repair import repair_collection
 from sharpclip.store.collection import Collection, CollectionError
 from sharpclip.store.faults import ENV
@@ -39,11 +39,6 @@ from sharpclip.store.search_index import SearchConfig
 WORKER = Path(__file__).with_name("fault_worker.py")
 INLINE = IndexConfig(workers=0, batch_size=4, progress=False)
 RANDOM_TRIALS = int(os.environ.get("SHARPCLIP_FAULT_TRIALS", "60"))
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model("bundled")
 
 
 class Expected:
@@ -58,16 +53,6 @@ class Expected:
         if digest not in self.by_hash:
             self.by_hash[digest] = self.model.encode_images([load_rgb(path)])[0]
         return self.by_hash[digest]
-
-
-def write_scenes(folder: Path, count: int, seed: int, prefix: str = "s") -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, sample in enumerate(shapes.generate(shapes.ShapesConfig(size=count, seed=seed))):
-        path = folder / f"{prefix}{i:03d}.png"
-        sample.image.save(path)
-        paths.append(path)
-    return paths
 
 
 def assert_correct(coll_path: Path, folder: Path, expected: Expected) -> None:

@@ -13,29 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from scenes import write_scenes
 from sharpclip.data import shapes
 from sharpclip.data.imagefiles import load_rgb
 from sharpclip.ingest import IndexConfig
-from sharpclip.models import load_model
 from sharpclip.store.collection import Collection, CollectionError, ModelMismatchError
 from tiny_checkpoints import save_tiny_clip
 
 INLINE = IndexConfig(workers=0, batch_size=4, progress=False)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model("bundled")
-
-
-def write_scenes(folder: Path, count: int, seed: int, prefix: str = "scene") -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, sample in enumerate(shapes.generate(shapes.ShapesConfig(size=count, seed=seed))):
-        path = folder / f"{prefix}{i:03d}.png"
-        sample.image.save(path)
-        paths.append(path)
-    return paths
 
 
 def stored_vector(coll: Collection, path: Path) -> np.ndarray:

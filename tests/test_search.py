@@ -12,16 +12,10 @@ import pytest
 from sharpclip.cli import main
 from sharpclip.data import shapes
 from sharpclip.ingest import IndexConfig
-from sharpclip.models import load_model
 from sharpclip.store.collection import Collection, ItemUpdate
 from sharpclip.store.search_index import SearchConfig
 
 INLINE = IndexConfig(workers=0, batch_size=16, progress=False)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model("bundled")
 
 
 @pytest.fixture(scope="module")

@@ -506,8 +506,7 @@ class Collection:
         re-embedded by the next ``index``). Returns how many items lost their vector."""
         dim, _, file = self._vector_set(name)
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db):
             ends = [s + c for s, c in db.execute(
                 "SELECT start, count FROM vector_batches WHERE vector_set = ?", (name,))]
             cut = surviving_rows(ends, valid_rows)
@@ -517,10 +516,6 @@ class Collection:
             db.execute("DELETE FROM vector_batches WHERE vector_set = ? AND start >= ?", (name, cut))
             db.execute("UPDATE vector_sets SET rows = ? WHERE name = ?", (cut, name))
             self._bump_generation()
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         file.parent.mkdir(exist_ok=True)
         with open(file, "ab"):
             pass
@@ -531,14 +526,9 @@ class Collection:
     def forget_vectors(self, item_ids: Sequence[int], detail: str) -> None:
         """Mark items ``vectors_lost`` (their stored vector is damaged), in one transaction."""
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db):
             self._mark_lost(item_ids, detail)
             self._bump_generation()
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def _mark_lost(self, item_ids: Sequence[int], detail: str) -> None:
         # Size and mtime -1 so that `index` sees the file as changed; no hash, so it re-embeds.
@@ -574,8 +564,7 @@ class Collection:
             crash_point("commit.vectors_appended")
         now = time.time()
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db):
             for u in updates:
                 row = None if u.vector_index is None else rows + u.vector_index
                 if u.previous_path is not None:
@@ -602,10 +591,6 @@ class Collection:
                 db.execute("INSERT INTO vector_batches VALUES (?, ?, ?, ?)",
                            (IMAGE_SET, rows, count, digest))
             self._bump_generation()
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         crash_point("commit.committed")
 
     def remove(self, paths: Iterable[str | os.PathLike]) -> int:
@@ -613,18 +598,13 @@ class Collection:
         :func:`~sharpclip.data.imagefiles.path_key`); returns how many."""
         keys = [path_key(p) for p in paths]
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db):
             removed = 0
             for key in keys:
                 removed += db.execute("DELETE FROM items WHERE path = ? OR path LIKE ? ESCAPE '\\'",
                                       (key, _like_prefix(key))).rowcount
             if removed:
                 self._bump_generation()
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         crash_point("remove.committed")
         return removed
 
@@ -774,6 +754,19 @@ class Collection:
         from sharpclip.search import search
 
         return search(self, text=text, image=image, like=like, k=k, **options)
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection):
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back if anything raises (the writer's lock on
+    the catalog for the duration: every change of a batch lands together or not at all)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 def _as_matrix(queries: np.ndarray, dim: int) -> np.ndarray:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sharpclip.store.collection import IMAGE_SET, Collection, index_file_for
+from sharpclip.store.collection import IMAGE_SET, Collection, index_file_for, transaction
 from sharpclip.store.faults import crash_point
 from sharpclip.store.schema import CHECKSUM_BATCH_ROWS
 from sharpclip.store.search_index import AnnIndex, SearchConfig
@@ -59,8 +59,7 @@ def compact(coll: Collection, config: SearchConfig | None = None,
         index.save(new_index)
         crash_point("compact.index_written")
     db = coll._db
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(db):
         db.executemany("UPDATE items SET row = ? WHERE id = ?",
                        zip(range(n), live_ids.tolist()))
         db.execute("UPDATE vector_sets SET rows = ?, file = ? WHERE name = ?",
@@ -69,10 +68,6 @@ def compact(coll: Collection, config: SearchConfig | None = None,
         db.executemany("INSERT INTO vector_batches VALUES (?, ?, ?, ?)",
                        [(IMAGE_SET, s, c, d) for s, c, d in batches])
         coll._bump_generation()
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
     crash_point("compact.committed")
     freed = snap.file.stat().st_size if snap.file.exists() else 0
     freed -= new_file.stat().st_size
