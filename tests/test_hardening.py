@@ -439,3 +439,15 @@ def test_index_builds_the_ann_index_and_search_never_writes_it(tmp_path, model, 
     coll.add([tmp_path / "d"], config=INLINE)
     assert index_file.stat().st_mtime_ns != stamp
     assert coll.search(image=extra[1], k=1).hits[0].path == str(extra[1])
+
+
+def test_output_piped_into_head_is_not_an_error(indexed):
+    """`sharpclip search ... | head -1`: the reader has gone when the output is written."""
+    coll_path, _ = indexed
+    read, write = os.pipe()
+    os.close(read)  # as `head` does once it has its line: every write now fails with EPIPE
+    run = subprocess.run([sys.executable, "-m", "sharpclip.cli", "search", "a shape", "-c",
+                          str(coll_path)], stdout=write, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
+    os.close(write)
+    assert (run.returncode, run.stderr) == (0, "")

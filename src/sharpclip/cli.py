@@ -367,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"{prefix} {error} (see `sharpclip {args.command} --help`)", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `sharpclip status | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"sharpclip {args.command}: interrupted; committed batches are kept, "
               "run the command again to go on", file=sys.stderr)
