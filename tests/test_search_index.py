@@ -6,7 +6,14 @@ import faiss
 import numpy as np
 import pytest
 
-from sharpclip.store.search_index import AnnIndex, SearchConfig, exact_topk, needs_ann
+from sharpclip.store.search_index import (
+    AnnIndex,
+    SearchConfig,
+    exact_topk,
+    merge_topk,
+    needs_ann,
+    rescore,
+)
 
 
 def reference_topk(vectors, queries, k, valid=None):
@@ -221,3 +228,23 @@ def test_policy_and_config():
         SearchConfig(hnsw_m=0)
     with pytest.raises(ValueError, match="max_deleted_fraction"):
         SearchConfig(max_deleted_fraction=1.5)
+
+
+def test_rescore_and_merge_against_literal_sorting():
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((40, 8)).astype(np.float32)
+    queries = rng.standard_normal((3, 8)).astype(np.float32)
+    rows = np.array([[5, -1, 7, 2], [0, 1, -1, -1], [39, 38, 3, 4]])
+    scores, got = rescore(vectors, queries, rows)
+    for q in range(3):
+        expected = sorted(((float(vectors[r] @ queries[q]), r) for r in rows[q] if r >= 0),
+                          key=lambda t: (-t[0], t[1]))
+        kept = got[q][got[q] >= 0].tolist()
+        assert kept == [r for _, r in expected]
+        np.testing.assert_allclose(scores[q][:len(kept)], [s for s, _ in expected], rtol=1e-5)
+        assert np.isneginf(scores[q][len(kept):]).all()
+    first = (np.array([[0.9, 0.5]], np.float32), np.array([[4, 8]]))
+    second = (np.array([[0.7, 0.5]], np.float32), np.array([[1, 2]]))
+    merged = merge_topk(first, second, 3)
+    assert merged[1].tolist() == [[4, 1, 2]]  # the tie at 0.5 goes to the lower row
+    np.testing.assert_allclose(merged[0], [[0.9, 0.7, 0.5]])

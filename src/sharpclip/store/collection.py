@@ -46,7 +46,14 @@ from sharpclip.data.imagefiles import COLLECTION_MARKER, path_key
 from sharpclip.store import schema
 from sharpclip.store.caches import Caches
 from sharpclip.store.faults import crash_point
-from sharpclip.store.search_index import AnnIndex, SearchConfig, exact_topk, needs_ann
+from sharpclip.store.search_index import (
+    AnnIndex,
+    SearchConfig,
+    exact_topk,
+    merge_topk,
+    needs_ann,
+    rescore,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +179,15 @@ def index_matches(index: AnnIndex, vectors: np.ndarray, sample: int = 16) -> boo
     picked = kept[np.linspace(0, len(kept) - 1, min(sample, len(kept))).astype(np.int64)]
     stored = np.stack([index.index_.reconstruct(int(i)) for i in picked])
     return bool(np.allclose(stored, np.asarray(vectors[index.rows_[picked]]), atol=1e-6))
+
+
+def load_index_for(file: Path, vectors: np.ndarray, sample: int = 16) -> AnnIndex:
+    """The ANN index saved at ``file``, if it was built from ``vectors`` (checked on ``sample``
+    rows, see :func:`index_matches`); else ValueError."""
+    index = AnnIndex.load(file)
+    if not index_matches(index, vectors, sample):
+        raise ValueError("it was not built from this vector file (its vectors differ)")
+    return index
 
 
 def index_file_for(vector_file: Path) -> Path:
@@ -456,7 +472,6 @@ class Collection:
         """Hold the collection's writer lock. On taking it: remove files a killed run left,
         trim a torn vector tail, and mark items whose vectors are missing as ``vectors_lost``
         (reported in :attr:`repairs`) so that the next ``index`` re-embeds them."""
-        (self.path / "lock").touch()
         with open(self.path / "lock", "a") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -631,21 +646,12 @@ class Collection:
         if ann is None:
             return exact_topk(vectors, queries, k, valid=_row_mask(live, len(vectors)))
         index, fresh = ann
-        scores, rows = index.search(queries, k)
         # Scored again from the vector file: a damaged index can cost recall, never a wrong score.
-        found = rows >= 0
-        exact = np.einsum("qkd,qd->qk", np.asarray(vectors[np.where(found, rows, 0)]),
-                          _as_matrix(queries, snap.dim))
-        scores = np.where(found, exact, -np.inf).astype(np.float32)
-        order = np.argsort(-scores, axis=1, kind="stable")
-        scores, rows = np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
-        if fresh.size:
-            extra_scores, at = exact_topk(np.asarray(vectors[fresh]), queries, k)
-            scores = np.concatenate([scores, extra_scores], axis=1)
-            rows = np.concatenate([rows, fresh[at]], axis=1)
-            order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-            scores, rows = np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
-        return scores, rows
+        hits = rescore(vectors, queries, index.search(queries, k)[1])
+        if not fresh.size:
+            return hits
+        extra_scores, at = exact_topk(np.asarray(vectors[fresh]), queries, k)
+        return merge_topk(hits, (extra_scores, fresh[at]), k)
 
     @staticmethod
     def uses_ann(live: int, exact: bool | None, config: SearchConfig | None = None) -> bool:
@@ -673,9 +679,7 @@ class Collection:
             index = self._ann[2]  # the same file: removals masked in memory so far still hold
         else:
             try:
-                index = AnnIndex.load(file)
-                if not index_matches(index, vectors):
-                    raise ValueError(f"it was not built from {snap.file.name}")
+                index = load_index_for(file, vectors)
             except (OSError, ValueError, RuntimeError) as error:
                 self._warn_once(f"bad-index-{stamp}", f"{file}: unusable ANN index ({error}); "
                                 f"searching exactly; `sharpclip check -c {self.path} --repair` "
@@ -700,10 +704,7 @@ class Collection:
         index = None
         if file.exists():
             try:
-                index = AnnIndex.load(file)
-                if not index_matches(index, vectors):
-                    logger.warning("%s was not built from %s; rebuilding it", file, snap.file.name)
-                    index = None
+                index = load_index_for(file, vectors)
             except (OSError, ValueError, RuntimeError) as error:
                 logger.warning("%s: unusable ANN index (%s); rebuilding it", file, error)
         if index is not None and index.needs_rebuild:
@@ -767,10 +768,6 @@ def transaction(db: sqlite3.Connection):
     except BaseException:
         db.execute("ROLLBACK")
         raise
-
-
-def _as_matrix(queries: np.ndarray, dim: int) -> np.ndarray:
-    return np.asarray(queries, dtype=np.float32).reshape(-1, dim)
 
 
 def _connect(file: Path) -> sqlite3.Connection:

@@ -36,10 +36,9 @@ from sharpclip.store.collection import (
     CollectionError,
     DamagedCollectionError,
     index_file_for,
-    index_matches,
+    load_index_for,
     surviving_rows,
 )
-from sharpclip.store.search_index import AnnIndex
 
 INDEX_SAMPLE = 1000  # indexed rows whose stored vectors are compared with the set's
 
@@ -122,7 +121,7 @@ def _check_catalog(coll: Collection, report: CheckReport) -> None:
 
 def _check_items(coll: Collection, report: CheckReport) -> dict[int, tuple[int, str]]:
     """Live items by row; flags rows out of range and rows shared by two items."""
-    _, rows, _ = coll._vector_set("image")
+    _, rows, file = coll._vector_set("image")
     by_row: dict[int, tuple[int, str]] = {}
     bad: list[tuple[int, str]] = []
     for item_id, path, row in coll._db.execute(
@@ -142,15 +141,16 @@ def _check_items(coll: Collection, report: CheckReport) -> dict[int, tuple[int, 
                             (VECTORS_LOST,)).fetchall()
     if lost:
         report.problems.append(Problem(
-            "vectors", "error", str(coll._vector_set("image")[2]),
+            "vectors", "error", str(file),
             f"{len(lost)} items lost their vectors and wait to be re-embedded",
             f"`sharpclip check -c {coll.path} --repair` (or `index`) re-embeds them",
             *_affected(lost)))
-    report.stats.update(items=coll.counts()["ok"], failed=coll.counts()["error"], rows=rows,
+    counts = coll.counts()
+    report.stats.update(items=counts["ok"], failed=counts["error"], rows=rows,
                         orphaned_rows=rows - len(by_row))
     if rows > len(by_row):
         report.problems.append(Problem(
-            "orphans", "notice", str(coll._vector_set("image")[2]),
+            "orphans", "notice", str(file),
             f"{rows - len(by_row)} of {rows} vector rows belong to no item (changed or removed "
             f"files, {(rows - len(by_row)) * coll.info.dim * 4 / 2**20:.1f} MiB)",
             f"`sharpclip compact -c {coll.path}` reclaims them"))
@@ -245,9 +245,7 @@ def _check_index(coll: Collection, report: CheckReport, live: dict[int, tuple[in
                 f"`sharpclip check -c {coll.path} --repair` (or `index`) builds it"))
         return
     try:
-        index = AnnIndex.load(file)
-        if not index_matches(index, vectors, sample=INDEX_SAMPLE):
-            raise ValueError("it was not built from this vector file (its vectors differ)")
+        index = load_index_for(file, vectors, sample=INDEX_SAMPLE)
     except (OSError, ValueError, RuntimeError) as error:
         report.problems.append(Problem(
             "index", "warning", str(file),

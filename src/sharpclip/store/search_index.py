@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AnnIndex", "SearchConfig", "exact_topk", "needs_ann"]
+__all__ = ["AnnIndex", "SearchConfig", "exact_topk", "merge_topk", "needs_ann", "rescore"]
 
 # The score block (queries x chunk rows, float32) kept in memory at once by ``exact_topk``.
 _SCORE_BLOCK_BYTES = 64 * 2**20
@@ -118,6 +118,24 @@ def _select_topk(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarr
     """The ``k`` best of each row of ``scores`` (descending score, then ascending row)."""
     order = np.lexsort((rows, -scores), axis=-1)[:, :k]
     return np.take_along_axis(scores, order, -1), np.take_along_axis(rows, order, -1)
+
+
+def merge_topk(first: tuple[np.ndarray, np.ndarray], second: tuple[np.ndarray, np.ndarray],
+               k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of two ``(scores, rows)`` result sets per query (descending score, ties
+    by the lower row), e.g. an index's hits and an exact scan of rows it does not hold."""
+    return _select_topk(np.concatenate([first[0], second[0]], 1),
+                        np.concatenate([first[1], second[1]], 1), k)
+
+
+def rescore(vectors: np.ndarray, queries: np.ndarray,
+            rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner products of each query with ``vectors[rows]`` (``rows`` ``(Q, m)``; ``-1``
+    marks a missing hit and scores ``-inf``), re-sorted: approximate hits scored for real."""
+    q = _as_queries(queries, vectors.shape[1])
+    found = rows >= 0
+    exact = np.einsum("qkd,qd->qk", np.asarray(vectors[np.where(found, rows, 0)]), q)
+    return _select_topk(np.where(found, exact, -np.inf).astype(np.float32), rows, rows.shape[1])
 
 
 def _chunk_candidates(block: np.ndarray, start: int, k: int) -> tuple[np.ndarray, np.ndarray]:
