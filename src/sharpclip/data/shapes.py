@@ -5,6 +5,16 @@ background, and for two-object scenes the spatial relation). Rendering adds cont
 (position, rotation, scale, shade, noise) drawn from the scene's own seeded generator, so the same
 specification can be rendered many times (the ``identity`` kind). Train and test splits are
 separated by a hash of the specification, so they never share one.
+
+Pair scenes have two *layouts*: ``fixed`` (the two objects at +-0.25 of the frame along the
+relation's axis, the training distribution) and ``varied`` (positions anywhere in the frame and a
+wider range of scales, the relation still true and the objects apart). For the binding benchmark
+(METHODS.md section 2) a scene has hard negatives rendered from the same jitter: its
+*binding-swapped twin* (:func:`binding_twin`, the two objects' colours exchanged) and its *shape
+confuser* (:func:`shape_confuser`, one object's shape replaced by :data:`CONFUSABLE`'s look-alike).
+Rendering consumes the generator identically whatever the colours and shapes, so a scene and its
+twin rendered from equally seeded generators differ only in the objects' colours, and a confuser
+only in the one object's outline. :func:`render_with_boxes` also returns each object's pixel box.
 """
 
 from __future__ import annotations
@@ -13,7 +23,7 @@ import json
 import math
 import zlib
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +49,13 @@ POSITIONS = ("left", "center", "right")
 RELATIONS = ("left of", "right of", "above", "below")
 KINDS = ("single", "pair", "identity")
 SPLITS = ("train", "test", "all")
+LAYOUTS = ("fixed", "varied")
+# The look-alike of each shape the bundled model confuses (its model card: circles are called
+# pentagons and hexagons, pentagons hexagons); triangle, star and cross have none.
+CONFUSABLE = {"pentagon": "hexagon", "hexagon": "pentagon", "circle": "pentagon",
+              "square": "diamond", "diamond": "square"}
+
+Box = tuple[int, int, int, int]
 
 _SYNONYMS = {
     "circle": ("circle", "round disc"),
@@ -86,7 +103,9 @@ class SceneSpec:
 
 @dataclass(frozen=True)
 class ShapesConfig:
-    """What to generate. ``image_size`` in pixels; ``views`` renderings per identity."""
+    """What to generate. ``image_size`` in pixels; ``views`` renderings per identity; ``layout``
+    places pair scenes' objects (``fixed`` or ``varied``, see the module docstring; single-object
+    scenes keep theirs, which their ``position`` label fixes)."""
 
     kind: str = "single"
     size: int = 1000
@@ -96,10 +115,13 @@ class ShapesConfig:
     views: int = 4
     max_count: int = 4
     test_fraction: float = 0.2
+    layout: str = "fixed"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {self.layout!r}; choose one of {', '.join(LAYOUTS)}")
         if self.split not in SPLITS:
             raise ValueError(f"unknown split {self.split!r}; choose one of {', '.join(SPLITS)}")
         if self.size < 1 or self.image_size < 16 or not 1 <= self.max_count <= 4:
@@ -188,7 +210,11 @@ def _jitter_colour(rgb: tuple[int, int, int], rng: np.random.Generator) -> np.nd
 
 
 def _draw_object(canvas: np.ndarray, obj: ShapeObject, cx: float, cy: float, r: float,
-                 rng: np.random.Generator) -> None:
+                 rng: np.random.Generator) -> Box:
+    """Draw one object; returns the box (x0, y0, x1, y1, ends exclusive) of its drawn pixels.
+
+    The draws from ``rng`` (rotation, pattern phase, shade) do not depend on the shape or colour.
+    """
     n = canvas.shape[0]
     mask_img = Image.new("L", (n, n), 0)
     draw = ImageDraw.Draw(mask_img)
@@ -204,11 +230,54 @@ def _draw_object(canvas: np.ndarray, obj: ShapeObject, cx: float, cy: float, r: 
             ImageDraw.Draw(rim).polygon(poly, outline=255, width=1)
             mask |= np.asarray(rim) > 0
     canvas[mask] = _jitter_colour(COLOURS[obj.colour], rng)
+    ys, xs = np.nonzero(mask)
+    if not len(xs):  # nothing inside the frame: an empty box at the clipped centre
+        x, y = int(np.clip(cx, 0, n - 1)), int(np.clip(cy, 0, n - 1))
+        return (x, y, x + 1, y + 1)
+    return (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
 
 
-def _centres(spec: SceneSpec, n: int, rng: np.random.Generator) -> list[tuple[float, float, float]]:
+_OBJ_SCALE = {"small": 0.11, "large": 0.19}
+_VARIED_SCALE = (0.75, 1.15)  # x the fixed layout's pair radius; small and large stay apart
+_EXTENT = 1.1  # a polygon reaches at most 1.07 r (the cross's corners); plus the outline pixel
+_AXIS = {"left of": (0, False), "right of": (0, True), "above": (1, False), "below": (1, True)}
+
+
+def _varied_pair_centres(spec: SceneSpec, n: int,
+                         rng: np.random.Generator) -> list[tuple[float, float, float]]:
+    """(cx, cy, radius) of a pair scene's two objects in the ``varied`` layout.
+
+    Radii vary by ``_VARIED_SCALE``; along the relation's axis the two objects' extents are
+    disjoint, with at least ``0.03 n`` between them (so "left of" means the first object lies
+    wholly left of the second), and the pair sits anywhere that keeps both inside the frame; across
+    that axis each object is placed anywhere independently. Seven draws, whatever the objects.
+    """
+    pad, gap = 1.0, 0.03 * n
+    radii = [_OBJ_SCALE[o.size] * n * 0.85 * rng.uniform(*_VARIED_SCALE) for o in spec.objects]
+    extents = [_EXTENT * r + 1.0 for r in radii]
+    axis, first_is_high = _AXIS[spec.relation]
+    lo, hi = (1, 0) if first_is_high else (0, 1)
+    slack = max(0.0, n - 2 * pad - 2 * (extents[0] + extents[1]) - gap)
+    a, b = rng.uniform(0, slack, 2)
+    if a + b > slack:  # uniform over the triangle a + b <= slack
+        a, b = slack - a, slack - b
+    along = [0.0, 0.0]
+    along[lo] = pad + extents[lo] + a
+    along[hi] = along[lo] + extents[lo] + extents[hi] + gap + b
+    across = [rng.uniform(pad + e, n - pad - e) for e in extents]
+    out = []
+    for i in range(2):
+        cx, cy = (along[i], across[i]) if axis == 0 else (across[i], along[i])
+        out.append((cx, cy, radii[i]))
+    return out
+
+
+def _centres(spec: SceneSpec, n: int, rng: np.random.Generator,
+             layout: str = "fixed") -> list[tuple[float, float, float]]:
     """(cx, cy, radius) per drawn object."""
-    obj_scale = {"small": 0.11, "large": 0.19}
+    obj_scale = _OBJ_SCALE
+    if spec.relation is not None and layout == "varied":
+        return _varied_pair_centres(spec, n, rng)
     if spec.relation is not None:
         out = []
         offsets = {"left of": ((-1, 0), (1, 0)), "right of": ((1, 0), (-1, 0)),
@@ -231,16 +300,69 @@ def _centres(spec: SceneSpec, n: int, rng: np.random.Generator) -> list[tuple[fl
              slots[i][1] * n + rng.uniform(-0.03, 0.03) * n, r) for i in chosen]
 
 
-def render(spec: SceneSpec, image_size: int, rng: np.random.Generator) -> Image.Image:
-    """Render a specification with fresh jitter from ``rng``."""
+def render_with_boxes(spec: SceneSpec, image_size: int, rng: np.random.Generator,
+                      layout: str = "fixed") -> tuple[Image.Image, list[Box]]:
+    """Render a specification with fresh jitter from ``rng``; also the pixel box (x0, y0, x1, y1,
+    ends exclusive, the tight box of its drawn pixels) of every drawn object, in drawing order
+    (``objects``, or the copies of a counted object)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     n = image_size
     canvas = np.empty((n, n, 3), np.float64)
     canvas[:] = _jitter_colour(BACKGROUNDS[spec.background], rng)
     objects = spec.objects if spec.relation is not None else spec.objects * spec.count
-    for obj, (cx, cy, r) in zip(objects, _centres(spec, n, rng)):
-        _draw_object(canvas, obj, cx, cy, r, rng)
+    boxes = [_draw_object(canvas, obj, cx, cy, r, rng)
+             for obj, (cx, cy, r) in zip(objects, _centres(spec, n, rng, layout))]
     canvas += rng.normal(0, 4, canvas.shape)
-    return Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8), "RGB")
+    return Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8), "RGB"), boxes
+
+
+def render(spec: SceneSpec, image_size: int, rng: np.random.Generator,
+           layout: str = "fixed") -> Image.Image:
+    """Render a specification with fresh jitter from ``rng``."""
+    return render_with_boxes(spec, image_size, rng, layout)[0]
+
+
+def binding_twin(spec: SceneSpec) -> SceneSpec:
+    """The pair scene with its two objects' colours exchanged (everything else kept).
+
+    Rendered from an equally seeded generator, it is pixel-identical to ``spec`` except the
+    objects' colours. Raises ``ValueError`` unless ``spec`` is a pair of differently coloured
+    objects (the twin would be the scene itself).
+    """
+    if spec.relation is None or len(spec.objects) != 2:
+        raise ValueError("binding_twin needs a pair scene (two objects and a relation)")
+    a, b = spec.objects
+    if a.colour == b.colour:
+        raise ValueError(f"both objects are {a.colour}: swapping their colours changes nothing")
+    return replace(spec, objects=(replace(a, colour=b.colour), replace(b, colour=a.colour)))
+
+
+def confusable_objects(spec: SceneSpec) -> list[int]:
+    """Indices of the objects whose shape has a :data:`CONFUSABLE` look-alike."""
+    return [i for i, o in enumerate(spec.objects) if o.shape in CONFUSABLE]
+
+
+def shape_confuser(spec: SceneSpec, index: int | None = None) -> SceneSpec:
+    """The scene with object ``index``'s shape replaced by its :data:`CONFUSABLE` look-alike.
+
+    ``index`` defaults to the first object with a confusable shape. A scene without one (only
+    triangles, stars, crosses) has no confuser: ``ValueError`` -- the binding benchmark draws its
+    scenes so that at least one object has a confusable shape. Rendered from an equally seeded
+    generator, the confuser differs from ``spec`` only inside that object's outline.
+    """
+    candidates = confusable_objects(spec)
+    if index is None:
+        if not candidates:
+            raise ValueError(f"no object has a confusable shape ({', '.join(CONFUSABLE)})")
+        index = candidates[0]
+    if index not in candidates:
+        what = spec.objects[index].shape if 0 <= index < len(spec.objects) else "no such object"
+        raise ValueError(f"object {index} ({what}) has no confusable shape "
+                         f"({', '.join(CONFUSABLE)})")
+    objects = list(spec.objects)
+    objects[index] = replace(objects[index], shape=CONFUSABLE[objects[index].shape])
+    return replace(spec, objects=tuple(objects))
 
 
 def _phrase(obj: ShapeObject, rng: np.random.Generator, with_size: bool) -> str:
@@ -308,7 +430,7 @@ def generate(config: ShapesConfig) -> Iterator[ShapesSample]:
         if config.split != "all" and spec_split(spec, config.test_fraction) != config.split:
             continue
         for _ in range(min(views, config.size - produced)):
-            image = render(spec, config.image_size, rng)
+            image = render(spec, config.image_size, rng, config.layout)
             yield ShapesSample(image, spec, identity, captions(spec, rng))
             produced += 1
         identity += 1
