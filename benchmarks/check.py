@@ -24,7 +24,7 @@ from types import SimpleNamespace
 
 from synthetic import fill
 
-from sharpclip.store.collection import Collection
+from sharpclip.collection import Collection
 from sharpclip.store.compact import compact
 from sharpclip.store.integrity import check_collection
 

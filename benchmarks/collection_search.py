@@ -23,9 +23,9 @@ import numpy as np
 from synthetic import fill
 from timing import median_ms
 
+from sharpclip.collection import Collection
 from sharpclip.methods.conditional import project
 from sharpclip.search import condition_projection
-from sharpclip.store.collection import Collection
 from sharpclip.store.search_index import exact_topk
 
 

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sharpclip.collection import Collection
 from sharpclip.ingest import IndexConfig
 from sharpclip.models import load_model
-from sharpclip.store.collection import Collection
 
 
 def write_photos(folder: Path, n: int, size: tuple[int, int] = (640, 480)) -> list[Path]:

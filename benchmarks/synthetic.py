@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sharpclip.store.collection import Collection, ItemUpdate
+from sharpclip.collection import Collection
+from sharpclip.store.collection import ItemUpdate
 
 
 def fill(coll: Collection, n: int, batch: int = 50_000) -> None:

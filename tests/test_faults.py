@@ -27,11 +27,12 @@ import pytest
 
 from scenes import write_scenes
 from sharpclip.cli import main
+from sharpclip.collection import Collection
 from sharpclip.data import shapes
 from sharpclip.data.imagefiles import content_hash, load_rgb
 from sharpclip.ingest import IndexConfig
 from sharpclip.repair import repair_collection
-from sharpclip.store.collection import Collection, CollectionError
+from sharpclip.store.collection import CollectionError
 from sharpclip.store.faults import ENV
 from sharpclip.store.integrity import check_collection
 from sharpclip.store.search_index import SearchConfig

@@ -18,9 +18,10 @@ import pytest
 
 from scenes import write_scenes
 from sharpclip.cli import main
+from sharpclip.collection import Collection
 from sharpclip.data.imagefiles import load_rgb
 from sharpclip.ingest import IndexConfig
-from sharpclip.store.collection import Collection, CollectionError, DamagedCollectionError
+from sharpclip.store.collection import CollectionError, DamagedCollectionError
 from sharpclip.store.search_index import SearchConfig
 
 INLINE = IndexConfig(workers=0, batch_size=4, progress=False)

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 from scenes import write_scenes
+from sharpclip.collection import Collection
 from sharpclip.data import shapes
 from sharpclip.data.imagefiles import load_rgb
 from sharpclip.ingest import IndexConfig
-from sharpclip.store.collection import Collection, CollectionError, ModelMismatchError
+from sharpclip.store.collection import CollectionError, ModelMismatchError
 from tiny_checkpoints import save_tiny_clip
 
 INLINE = IndexConfig(workers=0, batch_size=4, progress=False)
@@ -120,16 +121,16 @@ def test_bad_files_are_recorded_not_retried_until_changed(tmp_path, model):
 
 def test_unreadable_file_is_recorded(tmp_path, model, monkeypatch):
     paths = write_scenes(tmp_path / "in", 3, seed=4)
-    from sharpclip import ingest
+    from sharpclip.data import imagefiles
 
-    real = ingest.content_hash
+    real = imagefiles.content_hash
 
     def refuse(path):
         if str(path).endswith("scene001.png"):
             raise PermissionError(13, "Permission denied", str(path))
         return real(path)
 
-    monkeypatch.setattr(ingest, "content_hash", refuse)
+    monkeypatch.setattr(imagefiles, "content_hash", refuse)
     coll = Collection.create(tmp_path / "c.sc", model)
     report = coll.add([tmp_path / "in"], config=INLINE)
     assert report.failed == 1 and coll.item(paths[1]).reason == "unreadable"

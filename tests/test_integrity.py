@@ -15,13 +15,15 @@ import pytest
 
 from scenes import write_scenes
 from sharpclip.cli import main
+from sharpclip.collection import Collection
 from sharpclip.data import shapes
 from sharpclip.data.imagefiles import load_rgb
 from sharpclip.ingest import IndexConfig
 from sharpclip.repair import repair_collection
-from sharpclip.store.collection import Collection, CollectionError, ItemUpdate
+from sharpclip.store.collection import CollectionError, ItemUpdate
 from sharpclip.store.compact import compact
 from sharpclip.store.integrity import check_collection
+from sharpclip.store.schema import SCHEMA_VERSION
 from sharpclip.store.search_index import SearchConfig
 
 INLINE = IndexConfig(workers=0, batch_size=4, progress=False)
@@ -272,7 +274,8 @@ def test_a_schema_1_collection_is_migrated_on_open(tmp_path):
         assert rows[:, 0].tolist() == [0, 6]
     assert (coll_path / "vectors" / "image.f32").read_bytes() == before
     db = sqlite3.connect(coll_path / "collection.sqlite")
-    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+        str(SCHEMA_VERSION),)
     assert db.execute("SELECT start, count FROM vector_batches").fetchall() == [(0, 7)]
     db.close()
     report = check_collection(coll_path)

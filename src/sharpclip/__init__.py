@@ -7,7 +7,7 @@ __all__ = ["Collection", "load_model"]
 def __getattr__(name: str):
     # Lazy, so that `import sharpclip` (and decoding worker processes) stay light.
     if name == "Collection":
-        from sharpclip.store.collection import Collection
+        from sharpclip.collection import Collection
 
         return Collection
     if name == "load_model":

@@ -103,8 +103,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
+    from sharpclip.collection import Collection
     from sharpclip.ingest import IndexConfig
-    from sharpclip.store.collection import Collection
 
     missing = [p for p in args.paths if not os.path.lexists(os.path.expanduser(p))]
     if missing:  # before a collection is created for nothing
@@ -128,7 +128,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     import json
 
-    from sharpclip.store.collection import Collection
+    from sharpclip.collection import Collection
 
     with Collection.open(args.collection) as coll:
         counts = coll.counts()
@@ -212,7 +212,7 @@ def _print_problems(report, after_repair: bool = False) -> None:
 
 
 def _cmd_compact(args: argparse.Namespace) -> int:
-    from sharpclip.store.collection import Collection
+    from sharpclip.collection import Collection
     from sharpclip.store.compact import compact
 
     with Collection.open(args.collection) as coll, coll.writing():
@@ -222,7 +222,7 @@ def _cmd_compact(args: argparse.Namespace) -> int:
 
 
 def _cmd_remove(args: argparse.Namespace) -> int:
-    from sharpclip.store.collection import Collection
+    from sharpclip.collection import Collection
 
     with Collection.open(args.collection) as coll, coll.writing():
         removed = coll.remove(args.paths)
@@ -234,7 +234,7 @@ def _cmd_remove(args: argparse.Namespace) -> int:
 def _cmd_search(args: argparse.Namespace) -> int:
     import json
 
-    from sharpclip.store.collection import Collection
+    from sharpclip.collection import Collection
 
     sources = [x for x in (args.text, args.image, args.like) if x is not None]
     if len(sources) != 1:

@@ -18,7 +18,13 @@ import os
 from dataclasses import dataclass, field
 
 from sharpclip.ingest import IndexConfig, index_paths
-from sharpclip.store.collection import VECTORS_LOST, Collection, DamagedCollectionError
+from sharpclip.store.collection import (
+    IMAGE_SET,
+    REGIONS_SET,
+    VECTORS_LOST,
+    Collection,
+    DamagedCollectionError,
+)
 from sharpclip.store.faults import crash_point
 from sharpclip.store.integrity import CheckReport, check_collection
 
@@ -53,11 +59,16 @@ def repair_collection(path, found: CheckReport, config: IndexConfig | None = Non
     with Collection.open(path) as coll:
         with coll.writing():  # taking the lock already handles short and missing vector files
             report.notes.extend(coll.repairs)
-            damaged = sorted({i for p in found.problems if p.kind in ("checksum", "rows")
-                              and p.severity == "error" for i in p.item_ids})
-            if damaged:
-                coll.forget_vectors(damaged, "its stored vector was damaged (checksum mismatch "
-                                             "or no valid row); `sharpclip index` re-embeds it")
+            set_of_file = {str(file): name for name, _, _, file in coll.vector_sets()}
+            damaged: dict[str, set[int]] = {}
+            for p in found.problems:
+                if p.kind in ("checksum", "rows") and p.severity == "error":
+                    name = set_of_file.get(p.file, IMAGE_SET)
+                    damaged.setdefault(name, set()).update(p.item_ids)
+            for name, ids in damaged.items():
+                coll.forget_vectors(sorted(ids), "its stored vector was damaged (checksum mismatch "
+                                                 "or no valid row); `sharpclip index` re-embeds it",
+                                    name=name)
             crash_point("repair.marked")
             for problem in found.problems:
                 if problem.kind == "cache":
@@ -74,9 +85,11 @@ def repair_collection(path, found: CheckReport, config: IndexConfig | None = Non
             if gone:
                 report.forgotten = coll.remove(gone)
         present = [i.path for i in lost if os.path.lexists(i.path)]
+        if coll.vector_set(REGIONS_SET) is not None:  # items that lost only their regions
+            present += [i.path for i in coll.items_lacking(REGIONS_SET) if os.path.lexists(i.path)]
         if present:
             reindexed = index_paths(coll, present, config)
-            report.reembedded = reindexed.embedded
+            report.reembedded = reindexed.embedded + reindexed.completed
         else:
             with coll.writing():
                 report.index_rebuilt = coll.sync_index() or report.index_rebuilt

@@ -1,37 +1,28 @@
-"""The query pipeline: encode the query, find candidates (exact or ANN), refine with methods, hits.
-
-The one place that wires ``store/`` (vectors, index) to ``methods/`` (pure array maths).
-"""
+"""``Collection.search``: a text, image or indexed-item query over a collection, through the query
+pipeline (``query/pipeline.py``), with the methods switched on as options."""
 
 from __future__ import annotations
 
-import logging
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+from sharpclip.methods.parts import PartsConfig
+from sharpclip.methods.steering import SteerConfig, parse_steer
+from sharpclip.query.gallery import CollectionGallery
+from sharpclip.query.pipeline import QueryPlan, TextEncoder, run_query
 
-from sharpclip.methods.conditional import (
-    ConditionalConfig,
-    gallery_mean,
-    project,
-    projection_matrix,
-)
-from sharpclip.store.collection import Collection
-from sharpclip.store.search_index import exact_topk
-
-logger = logging.getLogger(__name__)
+RERANKERS = ("parts",)
 
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result: the file, its similarity to the query, and its item id."""
+    """One search result: the file, its final score, its item id, and per-stage explanations."""
 
     path: str
     score: float
     id: int
+    why: dict = field(default_factory=dict, compare=False)
 
 
 @dataclass
@@ -44,118 +35,93 @@ class SearchResult:
 
     def to_json(self) -> dict:
         """The ``--json`` document of CONTRACT.md."""
-        return {"hits": [{"path": h.path, "score": round(h.score, 6), "id": h.id} for h in self.hits],
+        return {"hits": [{"path": h.path, "score": round(h.score, 6), "id": h.id, "why": h.why}
+                         for h in self.hits],
                 "query": self.query, "timing_ms": {k: round(v, 3) for k, v in self.timing_ms.items()}}
 
 
-def _query_vector(coll: Collection, text, image, like) -> tuple[np.ndarray, dict]:
-    if sum(x is not None for x in (text, image, like)) != 1:
-        raise ValueError("give exactly one of text, image or like")
-    if text is not None:
-        return coll.model.encode_texts([text])[0], {"text": text}
+def vocabulary_values(concepts=None) -> dict[str, list[str]]:
+    """``{condition: values}`` of the concept vocabulary (built-in, or ``concepts`` file)."""
+    from sharpclip.concepts import load_vocabulary
+
+    vocabulary = load_vocabulary(concepts)
+    return {name: list(vocabulary.concept(name).values) for name in vocabulary.conditions()}
+
+
+def _rerank_config(rerank, shortlist: int | None) -> PartsConfig | None:
+    if rerank is None or rerank is False:
+        return None
+    if isinstance(rerank, PartsConfig):
+        config = rerank
+    elif rerank == "parts":
+        config = PartsConfig()
+    else:
+        raise ValueError(f"unknown re-ranker {rerank!r}; choose one of {', '.join(RERANKERS)}")
+    if shortlist is not None:
+        config = PartsConfig(shortlist=shortlist, lam=config.lam, structure=config.structure)
+    return config
+
+
+def _steer_plan(steer, values) -> tuple[SteerConfig | None, tuple[tuple[str, str], ...]]:
+    if steer is None or steer is False:
+        return None, ()
+    if isinstance(steer, SteerConfig):
+        return steer, ()
+    if steer is True:
+        return SteerConfig(), ()
+    given = tuple(parse_steer(part.strip(), values) for part in str(steer).split(",") if part.strip())
+    return SteerConfig(), given
+
+
+def search(coll, text: str | None = None, image=None, like=None, k: int = 20,
+           exact: bool | None = None, condition: str | None = None,
+           concepts: str | os.PathLike | None = None, rerank=None, steer=None,
+           shortlist: int | None = None) -> SearchResult:
+    """Top-``k`` live items for a text, an image (file or PIL) or an indexed item (``like``).
+
+    ``condition`` (image queries) compares images only in that condition (METHODS.md §1);
+    ``rerank="parts"`` re-ranks a shortlist of ``shortlist`` (default 100) by part matching
+    (§2a); ``steer`` True (attributes found in the text), ``"colour=red"`` or a SteerConfig
+    steers a text query (§2b). ``exact`` True forces the exact scan.
+    """
+    values = vocabulary_values(concepts) if steer not in (None, False) else {}
+    steer_config, attributes = _steer_plan(steer, values)
+    described: dict = {}
+    vector = None
     if like is not None:
         item = coll.item(like)
         if item is None or item.status != "ok":
             raise ValueError(f"{like} is not an indexed item of {coll.path}; "
                              "index it first or query with --image FILE")
-        if not coll.intact_rows([item.row])[0]:
-            raise ValueError(f"{item.path}: its stored vector changed on disk (checksum mismatch); "
-                             f"run `sharpclip check -c {coll.path} --repair`, or query with "
-                             "--image FILE")
-        return np.array(coll.vectors()[item.row]), {"like": item.path}
-    if isinstance(image, (str, os.PathLike)):
+        vector = CollectionGallery(coll).vectors([item.id])[0]
+        described["like"] = item.path
+    elif image is not None:
         from sharpclip.data.imagefiles import load_rgb
 
-        path = Path(image).expanduser()
-        return coll.model.encode_images([load_rgb(path)])[0], {"image": str(path)}
-    return coll.model.encode_images([image])[0], {"image": "<in-memory image>"}
-
-
-def search(coll: Collection, text: str | None = None, image=None, like=None, k: int = 20,
-           exact: bool | None = None, condition: str | None = None,
-           concepts: str | os.PathLike | None = None) -> SearchResult:
-    """Top-``k`` live items for a text, an image (file or PIL) or an indexed item (``like``).
-
-    ``condition`` (image queries only) compares images only in that condition (METHODS.md §1).
-    ``exact`` True forces the exact scan; None lets the collection's size decide.
-    """
-    if k < 1:
-        raise ValueError(f"k must be at least 1 (got {k})")
-    timing = {}
-    start = time.perf_counter()
-    query, described = _query_vector(coll, text, image, like)
-    timing["encode"] = (time.perf_counter() - start) * 1e3
-    start = time.perf_counter()
+        if isinstance(image, (str, os.PathLike)):
+            path = Path(image).expanduser()
+            described["image"] = str(path)
+            image = load_rgb(path)
+        else:
+            described["image"] = "<in-memory image>"
+    else:
+        described["text"] = text
+    plan = QueryPlan(text=text, image=image, vector=vector, k=k, condition=condition, exact=exact,
+                     steer=steer_config, steer_attributes=attributes,
+                     rerank=_rerank_config(rerank, shortlist))
+    gallery = CollectionGallery(coll, concepts=concepts)
+    result = run_query(plan, gallery, TextEncoder(coll.model), values,
+                       encode_image=lambda im: coll.model.encode_images([im])[0])
     if condition is not None:
-        if text is not None:
-            raise ValueError("--condition compares images: use it with --image or --like")
         described["condition"] = condition
-
-        def candidates(n: int) -> tuple[np.ndarray, np.ndarray]:
-            return _conditional_candidates(coll, query, condition, n, concepts)
     else:
         ann = coll.uses_ann(len(coll.live_rows()[0]), exact) and coll.has_index()
         described["mode"] = "ann" if ann else "exact"
+    described.update(result.details)
+    if plan.rerank is not None and gallery.computed_on_demand:
+        described["regions_computed"] = gallery.computed_on_demand
+    paths = {i.id: i.path for i in coll.items_by_id(result.ids.tolist())}
+    hits = [Hit(paths[int(i)], float(s), int(i), w)
+            for i, s, w in zip(result.ids, result.scores, result.why) if int(i) in paths]
+    return SearchResult(hits, {**described, "k": k}, result.timing_ms)
 
-        def candidates(n: int) -> tuple[np.ndarray, np.ndarray]:
-            scores, rows = coll.nearest(query[None, :], n, exact=exact)
-            return scores[0], rows[0]
-    scores, rows = _intact_top(coll, candidates, k)
-    timing["search"] = (time.perf_counter() - start) * 1e3
-    located = coll.paths_for_rows(rows)
-    hits = [Hit(located[int(r)][1], float(s), located[int(r)][0])
-            for s, r in zip(scores, rows) if int(r) in located]
-    return SearchResult(hits, {**described, "k": k}, timing)
-
-
-def _intact_top(coll: Collection, candidates, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The top ``k`` of ``candidates(n)`` whose stored vectors are intact: a row whose checksum
-    batch changed on disk is never a hit; more candidates are fetched in its place."""
-    n = k
-    while True:
-        scores, rows = candidates(n)
-        intact = coll.intact_rows(rows)
-        if intact.all():
-            return scores[:k], rows[:k]
-        if intact.sum() >= k or len(rows) < n or n >= 64 * k:
-            logger.warning("%s: left out %d candidates whose stored vectors changed on disk; run "
-                           "`sharpclip check -c %s --repair`", coll.path, int((~intact).sum()),
-                           coll.path)
-            return scores[intact][:k], rows[intact][:k]
-        n *= 4
-
-
-def condition_projection(coll: Collection, condition: str, concepts=None,
-                         config: ConditionalConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(W, gallery projection) for a condition (METHODS.md §1, fast path), cached in the collection.
-
-    The cache is keyed by the model fingerprint, the prompt set and the method's settings, and
-    stamped with the collection generation: adding or removing items invalidates it.
-    """
-    from sharpclip.concepts import LLMEndpoint, load_vocabulary, prompt_set_hash
-
-    config = config or ConditionalConfig()
-    prompts = load_vocabulary(concepts, endpoint=LLMEndpoint.from_env()).prompts_for(condition)
-    digest = prompt_set_hash(prompts)
-    key = f"{coll.info.fingerprint}:{digest}:{config}"
-    name = f"condition-{digest[:16]}"
-    W, gallery = coll.cache_get(name + "-w", key), coll.cache_get(name, key)
-    if W is None or gallery is None:
-        snap, vectors = coll.read_vectors()  # the stamp is the generation the gallery is read at
-        mask = snap.live_mask()
-        if not mask.any():
-            raise ValueError(f"{coll.path} has no indexed images to compare")
-        W = projection_matrix(coll.model.encode_texts(prompts), gallery_mean(vectors[mask]), config)
-        gallery = np.concatenate([project(vectors[i:i + 65536], W)
-                                  for i in range(0, len(vectors), 65536)])
-        coll.cache_put(name + "-w", key, W, snap.generation)
-        coll.cache_put(name, key, gallery, snap.generation)
-    return np.asarray(W), gallery
-
-
-def _conditional_candidates(coll: Collection, query: np.ndarray, condition: str, k: int,
-                            concepts) -> tuple[np.ndarray, np.ndarray]:
-    W, gallery = condition_projection(coll, condition, concepts)
-    scores, rows = exact_topk(gallery, project(query[None, :], W), k,
-                              valid=coll.live_mask(len(gallery)))
-    return scores[0], rows[0]

@@ -1,8 +1,9 @@
 """Incremental, crash-safe indexing of image files into a collection.
 
-One pass: find image files under the given paths; skip files whose size and mtime are unchanged;
-recognise moved files by content hash (no re-embedding); decode and preprocess the rest in worker
-processes while the model embeds the previous batch; commit every batch atomically (see
+One pass: find image files under the given paths; skip files whose size and mtime are unchanged
+(and whose every configured vector set is stored); recognise moved files by content hash (no
+re-embedding); decode each remaining file once in worker processes, for every stage it needs,
+while the model embeds the previous batch; commit every batch atomically, all sets together (see
 ``store.collection``); record bad files (and folders that cannot be listed) with their reason;
 forget files gone from disk; last, bring the ANN index up to date under the writer's lock, so that
 no search ever has to build it.
@@ -10,26 +11,24 @@ no search ever has to build it.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from sharpclip.data.imagefiles import (
     DEFAULT_MAX_PIXELS,
-    ImageFileError,
-    NotARegularFileError,
     content_hash,
     file_fingerprint,
     find_images,
-    load_rgb,
     path_key,
 )
-from sharpclip.store.collection import Collection, ItemUpdate
+from sharpclip.data.regions import RegionGrid
+from sharpclip.ingest.decode import Decoded, Job, decoded_stream
+from sharpclip.ingest.stages import stages_for
+from sharpclip.store.collection import IMAGE_SET, Collection, ItemUpdate
 
 BUNDLED_PHOTO_SIDE = 128  # images larger than this are not Shapes scenes (the bundled model's)
 BUNDLED_NOTE = (
@@ -42,7 +41,8 @@ BUNDLED_NOTE = (
 @dataclass(frozen=True)
 class IndexConfig:
     """How to index. ``workers`` 0 decodes in this process; ``draft`` decodes JPEGs at reduced scale
-    (faster, but no longer pixel-identical to the checkpoint's own processor)."""
+    (faster, but no longer pixel-identical to the checkpoint's own processor); ``regions`` adds
+    the region crops of that grid as the ``regions`` vector set (kept for new files after)."""
 
     workers: int = 1
     batch_size: int = 32
@@ -50,6 +50,7 @@ class IndexConfig:
     draft: bool = False
     prefetch: int = 128  # decoded images waiting for the model, at most
     progress: bool = True
+    regions: RegionGrid | None = None
 
     def __post_init__(self) -> None:
         for name, low in (("workers", 0), ("batch_size", 1), ("max_pixels", 1), ("prefetch", 1)):
@@ -70,65 +71,17 @@ class IndexReport:
     failed: int = 0
     seconds: float = 0.0
     embedded: int = 0
+    completed: int = 0  # stored items given the vector sets they lacked (e.g. --regions)
     failures: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # repairs made, advice: one line each
 
     def summary(self) -> str:
         """One line for the end of a run."""
         rate = self.embedded / self.seconds if self.seconds > 0 else 0.0
+        completed = f", {self.completed} given regions" if self.completed else ""
         return (f"indexed {self.new} new, {self.changed} changed, {self.moved} moved, "
-                f"{self.removed} removed, {self.unchanged} unchanged, {self.failed} failed "
-                f"in {self.seconds:.1f}s ({rate:.0f} images/s)")
-
-
-@dataclass(frozen=True)
-class _Decoded:
-    path: str
-    hash: str | None
-    size: int
-    mtime_ns: int
-    pixels: np.ndarray | None = None
-    width: int | None = None
-    height: int | None = None
-    reason: str | None = None
-    error: str | None = None
-
-
-_WORKER: dict = {}
-
-
-def _init_worker(preprocess, max_pixels: int, draft_size: int | None) -> None:
-    _WORKER.update(preprocess=preprocess, max_pixels=max_pixels, draft_size=draft_size)
-    try:
-        import torch
-
-        torch.set_num_threads(1)  # only if something imported it; decoding never needs it
-    except ImportError:
-        pass
-
-
-def _decode(path: str) -> _Decoded:
-    """Decode, preprocess and hash one file (runs in a worker process). Only regular files are
-    opened (load_rgb refuses FIFOs and devices before reading), so no file can hang a run."""
-    try:
-        size, mtime_ns = file_fingerprint(path)
-    except OSError:  # a dangling link or a link loop: stamp the link itself; load_rgb says why
-        try:
-            stat = os.lstat(path)
-            size, mtime_ns = stat.st_size, stat.st_mtime_ns
-        except OSError:
-            size, mtime_ns = 0, 0
-    try:
-        image = load_rgb(path, max_pixels=_WORKER["max_pixels"], draft_size=_WORKER["draft_size"])
-        pixels = _WORKER["preprocess"](image)
-        digest = content_hash(path)
-    except ImageFileError as error:
-        return _Decoded(path, None, size, mtime_ns, reason=error.reason, error=str(error))
-    except NotARegularFileError as error:  # swapped for a FIFO or device after load_rgb read it
-        return _Decoded(path, None, size, mtime_ns, reason="not_a_file", error=str(error))
-    except OSError as error:
-        return _Decoded(path, None, size, mtime_ns, reason="unreadable", error=f"{path}: {error}")
-    return _Decoded(path, digest, size, mtime_ns, pixels, image.width, image.height)
+                f"{self.removed} removed, {self.unchanged} unchanged{completed}, {self.failed} "
+                f"failed in {self.seconds:.1f}s ({rate:.0f} images/s)")
 
 
 def _under(path: str, roots: list[str]) -> bool:
@@ -147,11 +100,14 @@ def index_paths(coll: Collection, paths: Iterable[str | os.PathLike],
     report = IndexReport()
     with coll.writing():
         report.notes.extend(coll.repairs)
+        stages = _configured_stages(coll, config)
+        extra = [stage.name for stage in stages if stage.name != IMAGE_SET]
+        lacking = {name: {i.path for i in coll.items_lacking(name)} for name in extra}
         known = {item.path: item for item in coll.items()}
         on_disk = set(files) | {folder for folder, _ in unlistable}
         gone = {p: item for p, item in known.items() if p not in on_disk and _under(p, roots)
                 and (not os.path.exists(p) or os.path.isdir(p))}
-        todo = []
+        todo, completing = [], {}
         for path in files:
             item = known.get(path)
             try:
@@ -159,21 +115,30 @@ def index_paths(coll: Collection, paths: Iterable[str | os.PathLike],
             except OSError:
                 stamp = None
             if item is not None and stamp == (item.size, item.mtime_ns):
-                report.unchanged += 1
+                missing = tuple(name for name in extra if path in lacking[name])
+                if missing and item.status == "ok":
+                    completing[path] = missing  # stored, but not yet in every configured set
+                else:
+                    report.unchanged += 1
             else:
                 todo.append(path)
         todo = _recognise_moves(coll, todo, known, gone, report)
         if gone:
             report.removed = coll.remove(gone)
         _record_unlistable(coll, unlistable, known, report)
+        everything = tuple(stage.name for stage in stages)
+        jobs = [Job(path, everything) for path in todo]
+        jobs += [Job(path, names) for path, names in completing.items()]
         model = coll.model
         draft = max(model.preprocess.crop_hw) if config.draft else None
-        bar = tqdm(total=len(todo), unit="img", desc="indexing", disable=not config.progress,
+        bar = tqdm(total=len(jobs), unit="img", desc="indexing", disable=not config.progress,
                    dynamic_ncols=True, smoothing=0.1)
-        batch: list[_Decoded] = []
-        for decoded in _decoded_stream(todo, model.preprocess, config, draft):
+        batch: list[Decoded] = []
+        stream = decoded_stream(jobs, model.preprocess, stages, config.workers, config.prefetch,
+                                config.max_pixels, draft)
+        for decoded in stream:
             batch.append(decoded)
-            if sum(d.pixels is not None for d in batch) >= config.batch_size:
+            if sum(bool(d.pixels) for d in batch) >= config.batch_size:
                 _commit_batch(coll, model, batch, known, report)
                 bar.update(len(batch))
                 batch = []
@@ -184,6 +149,22 @@ def index_paths(coll: Collection, paths: Iterable[str | os.PathLike],
         coll.sync_index(progress=config.progress)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _configured_stages(coll: Collection, config: IndexConfig) -> tuple:
+    """The run's stages: those asked for, and every set the collection already holds (so that a
+    collection with regions keeps them complete for new files)."""
+    from sharpclip.store.collection import REGIONS_SET
+
+    stored = coll.vector_set(REGIONS_SET)
+    grid = config.regions
+    if stored is not None and grid is None:
+        grid = RegionGrid(stored.params["grid"])
+    stages = stages_for(grid)
+    for stage in stages:
+        if stage.name != IMAGE_SET:
+            coll.add_vector_set(stage.name, coll.info.dim, stage.params())
+    return stages
 
 
 def _record_unlistable(coll: Collection, folders: list[tuple[str, str]], known: dict,
@@ -232,61 +213,70 @@ def _recognise_moves(coll: Collection, todo: list[str], known: dict, gone: dict,
     return rest
 
 
-def _decoded_stream(paths: list[str], preprocess, config: IndexConfig,
-                    draft: int | None) -> Iterator[_Decoded]:
-    """Decoded files in order; with workers, decoding runs ahead of the consumer (bounded)."""
-    if config.workers <= 0 or len(paths) < 2:
-        _init_worker(preprocess, config.max_pixels, draft)
-        yield from map(_decode, paths)
-        return
-    permits = threading.Semaphore(config.prefetch)
-    stopped = threading.Event()
-
-    def feed() -> Iterator[str]:
-        for path in paths:
-            permits.acquire()
-            if stopped.is_set():
-                return
-            yield path
-
-    context = multiprocessing.get_context("spawn")  # never fork a process that holds torch threads
-    pool = context.Pool(config.workers, _init_worker, (preprocess, config.max_pixels, draft))
-    try:
-        for decoded in pool.imap(_decode, feed(), chunksize=4):
-            permits.release()
-            yield decoded
-        pool.close()
-    finally:
-        stopped.set()
-        permits.release(len(paths) + 1)
-        pool.terminate()
-        pool.join()
-
-
-def _commit_batch(coll: Collection, model, batch: list[_Decoded], known: dict,
+def _commit_batch(coll: Collection, model, batch: list[Decoded], known: dict,
                   report: IndexReport) -> None:
-    updates, pixels = [], []
+    """Embed every stage's pixels of ``batch`` in one pass through the image tower and commit
+    the items with all their sets together."""
+    updates, arrays = [], {}  # arrays: set name -> list of pixel arrays, in batch order
+    counts = {}
+
+    def take(decoded: Decoded) -> dict:
+        placed = {}
+        for name, pixels in decoded.pixels.items():
+            placed[name] = (counts.get(name, 0), len(pixels))
+            counts[name] = counts.get(name, 0) + len(pixels)
+            arrays.setdefault(name, []).append(pixels)
+        return placed
+
     for d in batch:
         item = known.get(d.path)
-        if d.pixels is None:
+        if not d.ok:
             updates.append(ItemUpdate(d.path, None, d.size, d.mtime_ns, status="error",
                                       reason=d.reason, error=d.error))
             report.failed += 1
             report.failures.append((d.path, d.error or d.reason or "failed"))
-        elif item is not None and item.status == "ok" and item.hash == d.hash:
-            updates.append(ItemUpdate(d.path, d.hash, d.size, d.mtime_ns))  # touched, same content
+            continue
+        same = item is not None and item.status == "ok" and item.hash == d.hash
+        if same and IMAGE_SET not in d.pixels:  # completing a stored item's other sets
+            placed = take(d)
+            updates.append(ItemUpdate(d.path, d.hash, d.size, d.mtime_ns,
+                                      set_rows=tuple((n, o, c) for n, (o, c) in placed.items())))
+            report.completed += 1
+            continue
+        if same:  # touched, same content: only the stamp changes
+            updates.append(ItemUpdate(d.path, d.hash, d.size, d.mtime_ns))
             report.unchanged += 1
+            continue
+        if IMAGE_SET not in d.pixels:  # its content changed since it was stored: all sets anew
+            report.failed += 1
+            report.failures.append((d.path, "changed while being indexed; run index again"))
+            continue
+        placed = take(d)
+        image_at = placed.pop(IMAGE_SET)[0]
+        updates.append(ItemUpdate(d.path, d.hash, d.size, d.mtime_ns, d.width, d.height,
+                                  vector_index=image_at,
+                                  set_rows=tuple((n, o, c) for n, (o, c) in placed.items())))
+        if item is None:
+            report.new += 1
         else:
-            updates.append(ItemUpdate(d.path, d.hash, d.size, d.mtime_ns, d.width, d.height,
-                                      vector_index=len(pixels)))
-            pixels.append(d.pixels)
-            if item is None:
-                report.new += 1
-            else:
-                report.changed += 1
-    vectors = model.encode_pixels(np.stack(pixels)) if pixels else None
+            report.changed += 1
+    vectors = _embed(model, arrays)
     coll.commit(updates, vectors)
-    report.embedded += len(pixels)
+    report.embedded += counts.get(IMAGE_SET, 0)
     photo = any(max(d.width or 0, d.height or 0) > BUNDLED_PHOTO_SIDE for d in batch)
     if photo and coll.info.model == "bundled" and BUNDLED_NOTE not in report.notes:
         report.notes.append(BUNDLED_NOTE)
+
+
+def _embed(model, arrays: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
+    """One pass through the image tower for the pixels of every set, split back per set."""
+    names = [name for name, parts in arrays.items() if parts]
+    if not names:
+        return {}
+    stacked = [np.concatenate(arrays[name]) for name in names]
+    sizes = [len(a) for a in stacked]
+    pixels = np.concatenate(stacked) if len(stacked) > 1 else stacked[0]
+    step = max(model.batch_size, 1)
+    vectors = np.concatenate([model.encode_pixels(pixels[i:i + step])
+                              for i in range(0, len(pixels), step)])
+    return dict(zip(names, np.split(vectors, np.cumsum(sizes)[:-1])))

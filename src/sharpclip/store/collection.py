@@ -3,8 +3,9 @@
 Layout of ``COLL/``::
 
     collection.sqlite      the catalog: items (one row per file), meta (model, preprocessing),
-                           vector_sets (dim, committed rows, current file), vector_batches (a
-                           SHA-256 per committed batch of rows); schema in ``store.schema``
+                           vector_sets (dim, committed rows, current file, parameters),
+                           vector_batches (a SHA-256 per committed batch of rows), item_vectors
+                           (each item's rows in a multi-vector set); schema in ``store.schema``
     vectors/<file>.f32     append-only float32 rows, memory-mapped on read
     cache/<name>.npy       derived arrays (e.g. a condition's gallery projection), keyed, stamped
                            with the collection generation and checksummed: any add/remove
@@ -12,7 +13,11 @@ Layout of ``COLL/``::
     index/<file>.faiss     the ANN index over a vector file, when the collection is large
     lock                   held (flock) by the one writer
 
-Crash safety: a batch's vectors are appended and flushed first, then one SQLite transaction records
+Vector sets: ``image`` holds one vector per embedded item (its row is ``items.row``); other sets
+(``regions``: several crops per item) hold a contiguous run of rows per item, recorded in
+``item_vectors``. Every set is written in the same crash-safe batches.
+
+Crash safety: a batch's vectors (of every set) are appended and flushed first, then one SQLite transaction records
 the items, the vector set's new row count and the batch's checksum. Rows past the recorded count
 are a torn tail from an interrupted run and are trimmed by the next writer, so a kill at any point
 loses no committed item and never duplicates one. A vector file *shorter* than its committed rows
@@ -35,7 +40,7 @@ import secrets
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +64,8 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = schema.SCHEMA_VERSION
 DB_NAME = COLLECTION_MARKER  # find_images skips folders holding it
-IMAGE_SET = "image"
+IMAGE_SET = "image"  # one vector per embedded item: the whole image
+REGIONS_SET = "regions"  # several per item: region crops (METHODS.md §2a)
 VECTORS_LOST = "vectors_lost"  # items.reason of an item whose stored vector was lost
 
 
@@ -107,6 +113,20 @@ class ItemUpdate:
     error: str | None = None
     vector_index: int | None = None
     previous_path: str | None = None  # set for a move: the stored item is re-pointed, not re-added
+    # Rows in the batch's arrays of other vector sets: (set name, offset, count) each. An item that
+    # gets new content (or fails) loses its rows in every other set first.
+    set_rows: tuple[tuple[str, int, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class VectorSet:
+    """A named set of vectors: dim, committed rows, current file, and how its vectors are made."""
+
+    name: str
+    dim: int
+    rows: int
+    file: Path
+    params: dict
 
 
 @dataclass(frozen=True)
@@ -203,8 +223,8 @@ class Collection:
         self.info = info
         self._model = model
         # Derived from the database, kept per generation: reused while nothing was committed.
-        self._snap: Snapshot | None = None
-        self._ann: tuple[int, tuple, AnnIndex, np.ndarray] | None = None
+        self._snaps: dict[str, Snapshot] = {}
+        self._anns: dict[str, tuple[int, tuple, AnnIndex, np.ndarray]] = {}
         self._caches = Caches(self.path / "cache")
         self._verified_batches: dict[tuple, bool] = {}
         self._warned: set[str] = set()
@@ -346,6 +366,17 @@ class Collection:
                                (path_key(path),)).fetchone()
         return Item(*row) if row else None
 
+    def items_by_id(self, item_ids: Sequence[int]) -> list[Item]:
+        """The items with these ids (those that exist), in no particular order."""
+        out: list[Item] = []
+        ids = [int(i) for i in item_ids]
+        for at in range(0, len(ids), 500):
+            chunk = ids[at:at + 500]
+            out += [Item(*row) for row in self._db.execute(
+                f"SELECT {_ITEM_COLUMNS} FROM items WHERE id IN ({','.join('?' * len(chunk))})",
+                chunk)]
+        return out
+
     def counts(self) -> dict[str, int]:
         """Number of items per status."""
         counts = dict(self._db.execute("SELECT status, COUNT(*) FROM items GROUP BY status"))
@@ -357,12 +388,12 @@ class Collection:
                 in self._db.execute("SELECT name, dim, rows, file FROM vector_sets ORDER BY name")]
 
     def snapshot(self, name: str = IMAGE_SET) -> Snapshot:
-        """The reader's consistent view (see :class:`Snapshot`), read again only when the
-        generation has moved on (reading every live row costs ~0.2 s at 250k items)."""
+        """The reader's consistent view of vector set ``name`` (see :class:`Snapshot`), read again
+        only when the generation has moved on (reading every live row costs ~0.2 s at 250k items)."""
         generation = self.generation
-        if self._snap is not None and self._snap.generation == generation \
-                and self._snap.vector_set == name:
-            return self._snap
+        cached = self._snaps.get(name)
+        if cached is not None and cached.generation == generation:
+            return cached
         db = self._db
         db.execute("BEGIN")  # one read transaction: WAL gives it a single snapshot
         try:
@@ -370,14 +401,77 @@ class Collection:
             found = db.execute("SELECT dim, rows, file FROM vector_sets WHERE name = ?",
                                (name,)).fetchone()
             if found is None:
-                raise CollectionError(f"{self.path} has no vector set {name!r}")
-            data = db.execute("SELECT row, id FROM items WHERE status = 'ok' ORDER BY row").fetchall()
+                raise CollectionError(self._no_set_message(name))
+            if name == IMAGE_SET:
+                data = db.execute("SELECT row, id FROM items WHERE status = 'ok' ORDER BY row")
+                array = np.array(data.fetchall(), dtype=np.int64).reshape(-1, 2)
+                live_rows, live_ids = array[:, 0], array[:, 1]
+            else:
+                data = db.execute(
+                    "SELECT v.start, v.count, v.item_id FROM item_vectors v JOIN items i ON "
+                    "i.id = v.item_id WHERE v.vector_set = ? AND i.status = 'ok' ORDER BY v.start",
+                    (name,))
+                runs = np.array(data.fetchall(), dtype=np.int64).reshape(-1, 3)
+                live_rows = _expand_runs(runs[:, 0], runs[:, 1])
+                live_ids = np.repeat(runs[:, 2], runs[:, 1])
         finally:
             db.execute("COMMIT")
-        array = np.array(data, dtype=np.int64).reshape(-1, 2)
         dim, rows, file = int(found[0]), int(found[1]), self.path / "vectors" / found[2]
-        self._snap = Snapshot(generation, name, dim, rows, file, array[:, 0], array[:, 1])
-        return self._snap
+        self._snaps[name] = Snapshot(generation, name, dim, rows, file, live_rows, live_ids)
+        return self._snaps[name]
+
+    def _no_set_message(self, name: str) -> str:
+        if name == REGIONS_SET:
+            return (f"{self.path} has no region vectors; add them with "
+                    f"`sharpclip index FOLDER... -c {self.path} --regions`")
+        return f"{self.path} has no vector set {name!r}"
+
+    def vector_set(self, name: str) -> VectorSet | None:
+        """The vector set ``name``, or None when the collection has none of that name."""
+        found = self._db.execute("SELECT dim, rows, file, params FROM vector_sets WHERE name = ?",
+                                 (name,)).fetchone()
+        if found is None:
+            return None
+        return VectorSet(name, int(found[0]), int(found[1]), self.path / "vectors" / found[2],
+                         json.loads(found[3]))
+
+    def rows_for_items(self, name: str, item_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(start, count) of each item's rows in set ``name``, in the order of ``item_ids``
+        (count 0: the item has none), read by the catalog's index, without a scan."""
+        ids = [int(i) for i in item_ids]
+        found: dict[int, tuple[int, int]] = {}
+        for at in range(0, len(ids), 500):
+            chunk = ids[at:at + 500]
+            marks = ",".join("?" * len(chunk))
+            if name == IMAGE_SET:
+                query = (f"SELECT id, row, 1 FROM items WHERE status = 'ok' AND row IS NOT NULL "
+                         f"AND id IN ({marks})")
+                args = chunk
+            else:
+                query = (f"SELECT item_id, start, count FROM item_vectors WHERE vector_set = ? "
+                         f"AND item_id IN ({marks})")
+                args = [name, *chunk]
+            found.update((i, (s, c)) for i, s, c in self._db.execute(query, args))
+        pairs = np.array([found.get(i, (0, 0)) for i in ids], dtype=np.int64).reshape(-1, 2)
+        return pairs[:, 0], pairs[:, 1]
+
+    def items_lacking(self, name: str) -> list[Item]:
+        """Embedded items that have no rows in vector set ``name``."""
+        rows = self._db.execute(
+            f"SELECT {_ITEM_COLUMNS} FROM items WHERE status = 'ok' AND id NOT IN "
+            "(SELECT item_id FROM item_vectors WHERE vector_set = ?) ORDER BY id", (name,))
+        return [Item(*row) for row in rows]
+
+    def live_row_map(self, name: str = IMAGE_SET) -> dict[int, tuple[int, str]]:
+        """Every row of set ``name`` that a live item uses -> (item id, path)."""
+        if name == IMAGE_SET:
+            query, args = "SELECT row, 1, id, path FROM items WHERE status = 'ok'", ()
+        else:
+            query = ("SELECT v.start, v.count, i.id, i.path FROM item_vectors v JOIN items i ON "
+                     "i.id = v.item_id WHERE v.vector_set = ? AND i.status = 'ok'")
+            args = (name,)
+        return {row: (item_id, path) for start, count, item_id, path in self._db.execute(query, args)
+                if start is not None for row in range(start, start + count)}
 
     def vectors(self, name: str = IMAGE_SET, snapshot: Snapshot | None = None) -> np.ndarray:
         """The committed rows of a vector set, memory-mapped read-only (rows x dim, float32).
@@ -459,11 +553,10 @@ class Collection:
         return out
 
     def _vector_set(self, name: str) -> tuple[int, int, Path]:
-        found = self._db.execute("SELECT dim, rows, file FROM vector_sets WHERE name = ?",
-                                 (name,)).fetchone()
+        found = self.vector_set(name)
         if found is None:
-            raise CollectionError(f"{self.path} has no vector set {name!r}")
-        return int(found[0]), int(found[1]), self.path / "vectors" / found[2]
+            raise CollectionError(self._no_set_message(name))
+        return found.dim, found.rows, found.file
 
     # -- writing --------------------------------------------------------------------------------
 
@@ -517,17 +610,24 @@ class Collection:
 
     def truncate_vector_set(self, name: str, valid_rows: int, detail: str) -> int:
         """Keep only the rows of ``name`` before the first checksum batch not wholly within
-        ``valid_rows``; items pointing past it are marked ``vectors_lost`` (their files are
-        re-embedded by the next ``index``). Returns how many items lost their vector."""
+        ``valid_rows``. Items whose image vector lay past it are marked ``vectors_lost`` (their
+        files are re-embedded by the next ``index``); items whose rows of another set did lose
+        only those (the next ``index`` of that set adds them again). Returns how many items lost
+        vectors."""
         dim, _, file = self._vector_set(name)
         db = self._db
         with transaction(db):
             ends = [s + c for s, c in db.execute(
                 "SELECT start, count FROM vector_batches WHERE vector_set = ?", (name,))]
             cut = surviving_rows(ends, valid_rows)
-            lost = [i for (i,) in db.execute(
-                "SELECT id FROM items WHERE status = 'ok' AND row >= ?", (cut,))]
-            self._mark_lost(lost, detail)
+            if name == IMAGE_SET:
+                lost = [i for (i,) in db.execute(
+                    "SELECT id FROM items WHERE status = 'ok' AND row >= ?", (cut,))]
+                self._mark_lost(lost, detail)
+            else:
+                lost = [i for (i,) in db.execute("SELECT item_id FROM item_vectors WHERE "
+                                                 "vector_set = ? AND start + count > ?", (name, cut))]
+                self._forget_set_rows(name, lost)
             db.execute("DELETE FROM vector_batches WHERE vector_set = ? AND start >= ?", (name, cut))
             db.execute("UPDATE vector_sets SET rows = ? WHERE name = ?", (cut, name))
             self._bump_generation()
@@ -538,75 +638,127 @@ class Collection:
             os.truncate(file, cut * dim * 4)
         return len(lost)
 
-    def forget_vectors(self, item_ids: Sequence[int], detail: str) -> None:
-        """Mark items ``vectors_lost`` (their stored vector is damaged), in one transaction."""
+    def forget_vectors(self, item_ids: Sequence[int], detail: str, name: str = IMAGE_SET) -> None:
+        """Forget damaged stored vectors, in one transaction: of the ``image`` set, the items are
+        marked ``vectors_lost`` (``index`` re-embeds their files); of another set, only the items'
+        rows in it are dropped (``index`` of that set adds them again)."""
         db = self._db
         with transaction(db):
-            self._mark_lost(item_ids, detail)
+            if name == IMAGE_SET:
+                self._mark_lost(item_ids, detail)
+            else:
+                self._forget_set_rows(name, item_ids)
             self._bump_generation()
+
+    def _forget_set_rows(self, name: str, item_ids: Sequence[int]) -> None:
+        self._db.executemany("DELETE FROM item_vectors WHERE vector_set = ? AND item_id = ?",
+                             [(name, int(i)) for i in item_ids])
+
+    def add_vector_set(self, name: str, dim: int, params: Mapping) -> VectorSet:
+        """Create vector set ``name`` (call under ``writing``); an existing one is returned when
+        its dim and parameters match, else CollectionError says what differs."""
+        params = dict(params)
+        found = self.vector_set(name)
+        if found is not None:
+            if found.dim != dim or found.params != params:
+                raise CollectionError(
+                    f"{self.path}: its {name!r} vectors were made with {found.params} (dim "
+                    f"{found.dim}), not {params} (dim {dim}); keep those settings, or index into "
+                    "a new collection with -c NEW_DIR")
+            return found
+        file = f"{name}.f32"
+        (self.path / "vectors" / file).touch()
+        with transaction(self._db) as db:
+            db.execute("INSERT INTO vector_sets VALUES (?, ?, 0, ?, ?)",
+                       (name, dim, file, json.dumps(params, sort_keys=True)))
+        return self.vector_set(name)
 
     def _mark_lost(self, item_ids: Sequence[int], detail: str) -> None:
         # Size and mtime -1 so that `index` sees the file as changed; no hash, so it re-embeds.
         self._db.executemany(
             "UPDATE items SET status = 'error', reason = ?, error = ?, hash = NULL, row = NULL, "
             "size = -1, mtime_ns = -1 WHERE id = ?", [(VECTORS_LOST, detail, i) for i in item_ids])
+        self._db.executemany("DELETE FROM item_vectors WHERE item_id = ?",
+                             [(int(i),) for i in item_ids])
 
-    def commit(self, updates: Sequence[ItemUpdate], vectors: np.ndarray | None = None) -> None:
-        """Atomically record a batch: append its vectors, then upsert its items and the batch's
-        checksum (call under ``writing``).
+    def commit(self, updates: Sequence[ItemUpdate],
+               vectors: np.ndarray | Mapping[str, np.ndarray] | None = None) -> None:
+        """Atomically record a batch (call under ``writing``): append each set's vectors
+        (``vectors`` is ``{set: array}``; a bare array is the ``image`` set's), then upsert the
+        items, their rows in every set and the batches' checksums in one transaction.
 
-        Embedded items get fresh rows (a changed file's old row is orphaned, never reused); failed
-        items keep no row; a move re-points the stored item to its new path.
+        Embedded items get fresh rows (a changed file's old rows are orphaned, never reused);
+        failed items keep no row; a move re-points the stored item (and its rows) to its new path.
         """
-        dim, rows, file = self._vector_set(IMAGE_SET)
-        count = 0 if vectors is None else len(vectors)
-        digest = None
-        if count:
-            vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-            if vectors.shape[1] != dim:
-                raise CollectionError(f"vectors have dim {vectors.shape[1]}, collection has {dim}")
-            data = vectors.tobytes()
-            digest = hashlib.sha256(data).hexdigest()
-            size = file.stat().st_size if file.exists() else None
-            if size != rows * dim * 4:  # deleted or cut under a running writer: never misalign
-                raise DamagedCollectionError(
-                    f"{file} changed while this run was writing it ({size} bytes, expected "
-                    f"{rows * dim * 4}); run the same command again to re-embed what was lost")
-            with open(file, "ab") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            crash_point("commit.vectors_appended")
+        arrays = {IMAGE_SET: vectors} if isinstance(vectors, np.ndarray) else dict(vectors or {})
+        appended = {name: self._append(name, array) for name, array in arrays.items()
+                    if array is not None and len(array)}
         now = time.time()
         db = self._db
         with transaction(db):
+            image_start = appended.get(IMAGE_SET, (0, 0, ""))[0]
             for u in updates:
-                row = None if u.vector_index is None else rows + u.vector_index
-                if u.previous_path is not None:
-                    db.execute("DELETE FROM items WHERE path = ?", (u.path,))
-                    db.execute("UPDATE items SET path = ?, size = ?, mtime_ns = ?, updated_at = ? "
-                               "WHERE path = ?", (u.path, u.size, u.mtime_ns, now, u.previous_path))
-                    continue
-                if u.status == "ok" and row is None:  # unchanged content, new size/mtime stamp
-                    db.execute("UPDATE items SET size = ?, mtime_ns = ?, updated_at = ? WHERE path = ?",
-                               (u.size, u.mtime_ns, now, u.path))
-                    continue
-                db.execute(
-                    "INSERT INTO items (path, hash, size, mtime_ns, width, height, status, reason, "
-                    "error, row, added_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
-                    "ON CONFLICT (path) DO UPDATE SET hash=excluded.hash, size=excluded.size, "
-                    "mtime_ns=excluded.mtime_ns, width=excluded.width, height=excluded.height, "
-                    "status=excluded.status, reason=excluded.reason, error=excluded.error, "
-                    "row=excluded.row, updated_at=excluded.updated_at",
-                    (u.path, u.hash, u.size, u.mtime_ns, u.width, u.height, u.status, u.reason,
-                     u.error, row, now, now),
-                )
-            if count:
-                db.execute("UPDATE vector_sets SET rows = rows + ? WHERE name = ?", (count, IMAGE_SET))
+                item_id = self._upsert(u, None if u.vector_index is None
+                                       else image_start + u.vector_index, now)
+                if item_id is not None:
+                    db.executemany(
+                        "INSERT OR REPLACE INTO item_vectors VALUES (?, ?, ?, ?)",
+                        [(name, item_id, appended[name][0] + offset, count)
+                         for name, offset, count in u.set_rows if count])
+            for name, (start, count, digest) in appended.items():
+                db.execute("UPDATE vector_sets SET rows = rows + ? WHERE name = ?", (count, name))
                 db.execute("INSERT INTO vector_batches VALUES (?, ?, ?, ?)",
-                           (IMAGE_SET, rows, count, digest))
+                           (name, start, count, digest))
             self._bump_generation()
         crash_point("commit.committed")
+
+    def _append(self, name: str, vectors: np.ndarray) -> tuple[int, int, str]:
+        """Append and flush ``vectors`` to set ``name``'s file; (first row, count, sha256)."""
+        dim, rows, file = self._vector_set(name)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != dim:
+            raise CollectionError(f"{name} vectors have shape {vectors.shape}, the set has dim {dim}")
+        data = vectors.tobytes()
+        size = file.stat().st_size if file.exists() else None
+        if size != rows * dim * 4:  # deleted or cut under a running writer: never misalign
+            raise DamagedCollectionError(
+                f"{file} changed while this run was writing it ({size} bytes, expected "
+                f"{rows * dim * 4}); run the same command again to re-embed what was lost")
+        with open(file, "ab") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        crash_point("commit.vectors_appended")
+        return rows, len(vectors), hashlib.sha256(data).hexdigest()
+
+    def _upsert(self, u: ItemUpdate, row: int | None, now: float) -> int | None:
+        """Record one update (inside the commit's transaction); the item's id when it is embedded
+        and may take rows of other sets, else None."""
+        db = self._db
+        if u.previous_path is not None:
+            db.execute("DELETE FROM items WHERE path = ?", (u.path,))
+            db.execute("UPDATE items SET path = ?, size = ?, mtime_ns = ?, updated_at = ? "
+                       "WHERE path = ?", (u.path, u.size, u.mtime_ns, now, u.previous_path))
+            return None
+        if u.status == "ok" and row is None:  # unchanged content, new size/mtime stamp
+            db.execute("UPDATE items SET size = ?, mtime_ns = ?, updated_at = ? WHERE path = ?",
+                       (u.size, u.mtime_ns, now, u.path))
+            found = db.execute("SELECT id FROM items WHERE path = ? AND status = 'ok'",
+                               (u.path,)).fetchone()
+            return None if found is None else found[0]
+        db.execute(
+            "INSERT INTO items (path, hash, size, mtime_ns, width, height, status, reason, "
+            "error, row, added_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT (path) DO UPDATE SET hash=excluded.hash, size=excluded.size, "
+            "mtime_ns=excluded.mtime_ns, width=excluded.width, height=excluded.height, "
+            "status=excluded.status, reason=excluded.reason, error=excluded.error, "
+            "row=excluded.row, updated_at=excluded.updated_at",
+            (u.path, u.hash, u.size, u.mtime_ns, u.width, u.height, u.status, u.reason,
+             u.error, row, now, now),
+        )
+        item_id = db.execute("SELECT id FROM items WHERE path = ?", (u.path,)).fetchone()[0]
+        db.execute("DELETE FROM item_vectors WHERE item_id = ?", (item_id,))  # new content or none
+        return item_id if u.status == "ok" else None
 
     def remove(self, paths: Iterable[str | os.PathLike]) -> int:
         """Forget the items at ``paths`` (files or directories, matched by
@@ -633,14 +785,16 @@ class Collection:
         return self.snapshot().live_mask(rows)
 
     def nearest(self, queries: np.ndarray, k: int, exact: bool | None = None,
-                config: SearchConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (scores, rows) of live items per query: exact scan while the collection is
+                config: SearchConfig | None = None,
+                vector_set: str = IMAGE_SET) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores, rows) of the live rows of ``vector_set`` per query (map rows to
+        items with :meth:`snapshot`): exact scan while the collection is
         below ``config.ann_threshold`` or when ``exact``; otherwise the saved HNSW index (built
         by the writer, see :meth:`sync_index`) with rows committed since its last save scanned
         exactly and merged in, and rows removed since then masked out. Without a usable index
         file the exact scan answers (correct, slower) and a warning says how to build one."""
         config = config or SearchConfig()
-        snap, vectors = self.read_vectors()
+        snap, vectors = self.read_vectors(vector_set)
         live = snap.live_rows
         ann = self._reader_ann(snap, vectors) if self.uses_ann(len(live), exact, config) else None
         if ann is None:
@@ -673,10 +827,11 @@ class Collection:
                             f"`sharpclip check -c {self.path} --repair` or `index` builds it")
             return None
         stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-        if self._ann is not None and self._ann[0] == snap.generation and self._ann[1] == stamp:
-            return self._ann[2], self._ann[3]
-        if self._ann is not None and self._ann[1] == stamp:
-            index = self._ann[2]  # the same file: removals masked in memory so far still hold
+        cached = self._anns.get(snap.vector_set)
+        if cached is not None and cached[0] == snap.generation and cached[1] == stamp:
+            return cached[2], cached[3]
+        if cached is not None and cached[1] == stamp:
+            index = cached[2]  # the same file: removals masked in memory so far still hold
         else:
             try:
                 index = load_index_for(file, vectors)
@@ -688,7 +843,7 @@ class Collection:
         indexed = index.rows_[~index.deleted_]
         index.remove(np.setdiff1d(indexed, snap.live_rows, assume_unique=True))
         fresh = np.setdiff1d(snap.live_rows, indexed, assume_unique=True)
-        self._ann = (snap.generation, stamp, index, fresh)
+        self._anns[snap.vector_set] = (snap.generation, stamp, index, fresh)
         return index, fresh
 
     def sync_index(self, config: SearchConfig | None = None, progress: bool = False) -> bool:
@@ -723,7 +878,7 @@ class Collection:
                 index.add(np.asarray(vectors[fresh]), fresh, progress=progress)
         file.parent.mkdir(exist_ok=True)
         index.save(file)
-        self._ann = None
+        self._anns.pop(IMAGE_SET, None)
         return True
 
     def _warn_once(self, key: str, message: str) -> None:
@@ -741,20 +896,6 @@ class Collection:
         """Store a derived array under ``key``, stamped with the ``generation`` of the data it
         was computed from (see :class:`~sharpclip.store.caches.Caches`)."""
         self._caches.put(name, key, array, generation)
-
-    # -- the pipelines (wired outside store/) ---------------------------------------------------
-
-    def add(self, paths: Iterable[str | os.PathLike], **options):
-        """Index files and folders incrementally (see :func:`sharpclip.ingest.index_paths`)."""
-        from sharpclip.ingest import index_paths
-
-        return index_paths(self, paths, **options)
-
-    def search(self, text: str | None = None, image=None, like=None, k: int = 20, **options):
-        """Search by text, image file/PIL image, or an indexed item (see :func:`sharpclip.search.search`)."""
-        from sharpclip.search import search
-
-        return search(self, text=text, image=image, like=like, k=k, **options)
 
 
 @contextmanager
@@ -787,8 +928,8 @@ def _write_empty_collection(folder: Path, info: CollectionInfo) -> None:
         schema.create_tables(db)
         rows = {"schema_version": SCHEMA_VERSION, "generation": 0, **info.__dict__}
         db.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in rows.items()])
-        db.execute("INSERT INTO vector_sets VALUES (?, ?, 0, ?)", (IMAGE_SET, info.dim,
-                                                                   f"{IMAGE_SET}.f32"))
+        db.execute("INSERT INTO vector_sets (name, dim, rows, file) VALUES (?, ?, 0, ?)",
+                   (IMAGE_SET, info.dim, f"{IMAGE_SET}.f32"))
         db.execute("COMMIT")
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
@@ -810,6 +951,14 @@ def short_file_message(path: Path, file: Path, rows: int, valid: int, size: int 
         return f"its vector was lost ({file.name} {what}); `sharpclip index` re-embeds it"
     return (f"{file} {what} (deleted or truncated outside sharpclip): run "
             f"`sharpclip check -c {path} --repair` to re-embed the affected items")
+
+
+def _expand_runs(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The rows ``start .. start + count - 1`` of every run, concatenated (int64)."""
+    if not len(starts):
+        return np.zeros(0, np.int64)
+    offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.repeat(starts, counts) + offsets
 
 
 def _row_mask(rows: np.ndarray, n: int) -> np.ndarray:

@@ -1,10 +1,10 @@
-"""Compaction: rewrite a vector set with only its live rows, so orphaned rows stop taking space.
+"""Compaction: rewrite every vector set with only its live rows, so orphaned rows stop taking space.
 
 A changed or removed file orphans its vector row (rows are append-only and never reused: that is
 what makes every commit crash-safe). ``compact`` copies the live rows, in row order, into a *new*
-file, builds the ANN index for that file when the collection uses one, and then swaps both in with
-one SQLite transaction that renumbers the items, records the new file, row count and checksums, and
-bumps the generation. A kill before that transaction leaves the old collection (the new files are
+file per set, builds the ANN index for the image set's new file when the collection uses one, and
+then swaps them all in with one SQLite transaction that renumbers the items' rows in every set,
+records the new files, row counts and checksums, and bumps the generation. A kill before that transaction leaves the old collection (the new files are
 leftovers the next writer deletes); a kill after it leaves the new one (the old files are the
 leftovers). Readers never see a mix: they read the file name and the rows in one snapshot.
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sharpclip.store.collection import IMAGE_SET, Collection, index_file_for, transaction
+from sharpclip.store.collection import IMAGE_SET, Collection, Snapshot, index_file_for, transaction
 from sharpclip.store.faults import crash_point
 from sharpclip.store.schema import CHECKSUM_BATCH_ROWS
 from sharpclip.store.search_index import AnnIndex, SearchConfig
@@ -42,40 +42,50 @@ class CompactReport:
 
 def compact(coll: Collection, config: SearchConfig | None = None,
             progress: bool = False) -> CompactReport:
-    """Rewrite the image vector set with only its live rows (call under ``coll.writing()``)."""
+    """Rewrite every vector set with only its live rows (call under ``coll.writing()``)."""
     start = time.perf_counter()
     config = config or SearchConfig()
-    snap, vectors = coll.read_vectors(IMAGE_SET)
-    live_rows, live_ids = snap.live_rows, snap.live_ids
-    new_file = snap.file.with_name(f"{IMAGE_SET}-{secrets.token_hex(4)}.f32")
-    batches = _write_rows(vectors, live_rows, new_file)
+    rewritten: list[tuple[Snapshot, object, list]] = []
+    for name, *_ in coll.vector_sets():
+        snap, vectors = coll.read_vectors(name)
+        new_file = snap.file.with_name(f"{name}-{secrets.token_hex(4)}.f32")
+        rewritten.append((snap, new_file, _write_rows(vectors, snap.live_rows, new_file)))
     crash_point("compact.vectors_written")
-    n = len(live_rows)
-    new_index = index_file_for(new_file)
+    image = next(snap for snap, _, _ in rewritten if snap.vector_set == IMAGE_SET)
+    n = len(image.live_rows)
+    image_file = next(file for snap, file, _ in rewritten if snap is image)
     if coll.uses_ann(n, False, config):
-        index = AnnIndex.build(np.asarray(np.memmap(new_file, np.float32, "r", shape=(n, snap.dim))),
+        index = AnnIndex.build(np.asarray(np.memmap(image_file, np.float32, "r", shape=(n, image.dim))),
                                np.arange(n, dtype=np.int64), config, progress=progress)
-        new_index.parent.mkdir(exist_ok=True)
-        index.save(new_index)
+        index_file_for(image_file).parent.mkdir(exist_ok=True)
+        index.save(index_file_for(image_file))
         crash_point("compact.index_written")
     db = coll._db
     with transaction(db):
-        db.executemany("UPDATE items SET row = ? WHERE id = ?",
-                       zip(range(n), live_ids.tolist()))
-        db.execute("UPDATE vector_sets SET rows = ?, file = ? WHERE name = ?",
-                   (n, new_file.name, IMAGE_SET))
-        db.execute("DELETE FROM vector_batches WHERE vector_set = ?", (IMAGE_SET,))
-        db.executemany("INSERT INTO vector_batches VALUES (?, ?, ?, ?)",
-                       [(IMAGE_SET, s, c, d) for s, c, d in batches])
+        for snap, new_file, batches in rewritten:
+            name = snap.vector_set
+            if name == IMAGE_SET:
+                db.executemany("UPDATE items SET row = ? WHERE id = ?",
+                               zip(range(n), snap.live_ids.tolist()))
+            else:  # each item's run stays contiguous: its new start is where its first row went
+                first = np.flatnonzero(np.r_[True, snap.live_ids[1:] != snap.live_ids[:-1]])
+                db.executemany("UPDATE item_vectors SET start = ? WHERE vector_set = ? AND "
+                               "item_id = ?", [(int(i), name, int(snap.live_ids[i])) for i in first])
+            db.execute("UPDATE vector_sets SET rows = ?, file = ? WHERE name = ?",
+                       (len(snap.live_rows), new_file.name, name))
+            db.execute("DELETE FROM vector_batches WHERE vector_set = ?", (name,))
+            db.executemany("INSERT INTO vector_batches VALUES (?, ?, ?, ?)",
+                           [(name, s, c, d) for s, c, d in batches])
         coll._bump_generation()
     crash_point("compact.committed")
-    freed = snap.file.stat().st_size if snap.file.exists() else 0
-    freed -= new_file.stat().st_size
-    for old in (snap.file, index_file_for(snap.file)):
-        old.unlink(missing_ok=True)
+    freed = 0
+    for snap, new_file, _ in rewritten:
+        freed += (snap.file.stat().st_size if snap.file.exists() else 0) - new_file.stat().st_size
+        for old in (snap.file, index_file_for(snap.file)):
+            old.unlink(missing_ok=True)
     for cached in (coll.path / "cache").glob("*") if (coll.path / "cache").is_dir() else ():
         cached.unlink(missing_ok=True)  # every cache was for the old generation
-    return CompactReport(snap.rows, n, max(freed, 0), time.perf_counter() - start)
+    return CompactReport(image.rows, n, max(freed, 0), time.perf_counter() - start)
 
 
 def _write_rows(vectors: np.ndarray, rows: np.ndarray, file) -> list[tuple[int, int, str]]:

@@ -97,7 +97,8 @@ def check_collection(path: str | Path) -> CheckReport:
             _check_catalog(coll, report)
             live = _check_items(coll, report)
             for name, dim, rows, file in coll.vector_sets():
-                _check_vector_set(coll, report, name, dim, rows, file, live)
+                _check_vector_set(coll, report, name, dim, rows, file,
+                                  live if name == "image" else coll.live_row_map(name))
             _check_caches(coll, report)
             _check_index(coll, report, live)
         except sqlite3.DatabaseError as error:

@@ -6,6 +6,10 @@ Version history:
 2. ``vector_sets.file`` (the set's current vector file, so ``compact`` can swap files in one
    transaction), ``vector_batches`` (a SHA-256 per committed batch of rows, checked by
    ``sharpclip check``) and an index on ``items.row``.
+3. Vector sets with several vectors per item: ``vector_sets.params`` (JSON: how the set's
+   vectors are made, e.g. a region grid) and ``item_vectors (vector_set, item_id, start, count)``,
+   the contiguous rows each item has in a set other than ``image`` (whose row stays
+   ``items.row``); a row's part index is ``row - start``.
 
 A collection written by an older version is migrated when it is opened (one transaction); one
 written by a newer version is refused with the fix.
@@ -18,7 +22,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Rows per checksum batch where no commit batch defines one (rows migrated from version 1, a
 # compacted file): small, because a search hashes the batch of each hit it returns.
 CHECKSUM_BATCH_ROWS = 256
@@ -46,7 +50,8 @@ CREATE TABLE IF NOT EXISTS vector_sets (
     name TEXT PRIMARY KEY,
     dim INTEGER NOT NULL,
     rows INTEGER NOT NULL,
-    file TEXT NOT NULL
+    file TEXT NOT NULL,
+    params TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS vector_batches (
     vector_set TEXT NOT NULL,
@@ -55,6 +60,15 @@ CREATE TABLE IF NOT EXISTS vector_batches (
     sha256 TEXT NOT NULL,
     PRIMARY KEY (vector_set, start)
 );
+CREATE TABLE IF NOT EXISTS item_vectors (
+    vector_set TEXT NOT NULL,
+    item_id INTEGER NOT NULL REFERENCES items (id) ON DELETE CASCADE,
+    start INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (vector_set, item_id)
+);
+CREATE INDEX IF NOT EXISTS item_vectors_item ON item_vectors (item_id);
+CREATE INDEX IF NOT EXISTS item_vectors_start ON item_vectors (vector_set, start);
 """
 
 
@@ -124,4 +138,11 @@ def _v1_to_v2(db: sqlite3.Connection, collection: Path) -> None:
                            (name, start, count, digest))
 
 
-_STEPS = {1: _v1_to_v2}
+def _v2_to_v3(db: sqlite3.Connection, collection: Path) -> None:
+    """Give vector sets their parameters and create the per-item rows of multi-vector sets
+    (a schema-2 collection has only the ``image`` set, whose rows stay in ``items.row``)."""
+    db.execute("ALTER TABLE vector_sets ADD COLUMN params TEXT NOT NULL DEFAULT '{}'")
+    create_tables(db)
+
+
+_STEPS = {1: _v1_to_v2, 2: _v2_to_v3}

@@ -1,0 +1,1 @@
+"""The query pipeline (see pipeline.py) and the galleries it searches."""
