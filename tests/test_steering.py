@@ -246,3 +246,11 @@ def test_steer_query_without_attributes_returns_the_query():
     assert result.details == [] and np.array_equal(result.vector, query)
     assert result.vector is not query
     assert fake.encoded == [] and fake.searched == []
+
+
+def test_a_spatial_relation_is_not_an_attribute():
+    values = {"position": ["left", "right"], "colour": ["red", "blue"]}
+    found = find_attributes("a red circle left of a blue square on the left", values)
+    assert [(a.condition, a.value) for a in found] == [("colour", "red"), ("colour", "blue"),
+                                                       ("position", "left")]
+    assert found[-1].start == len("a red circle left of a blue square on the ")

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from sharpclip.data import shapes
+from sharpclip.data.regions import DEFAULT_GRID
 from sharpclip.models.train_base import BaseTrainConfig
 
 DESCRIPTION = """\
@@ -24,6 +25,8 @@ first steps:
   sharpclip index ~/Photos -c photos.sc --model openai/clip-vit-base-patch32
   sharpclip search "a red bicycle" -c photos.sc
   sharpclip search --image q.jpg -c photos.sc --condition colour
+  sharpclip index ~/Photos -c photos.sc --regions  region crops, for --rerank parts
+  sharpclip search "a red cube left of a blue ball" -c photos.sc --rerank parts --steer --why
   sharpclip check -c photos.sc                    after a crash: verify, then --repair
 
 `sharpclip COMMAND --help` describes each command."""
@@ -109,9 +112,12 @@ def _cmd_index(args: argparse.Namespace) -> int:
     missing = [p for p in args.paths if not os.path.lexists(os.path.expanduser(p))]
     if missing:  # before a collection is created for nothing
         raise FileNotFoundError(f"{missing[0]}: no such file or directory to index; check the path")
+    from sharpclip.data.regions import RegionGrid
+
     limit = {} if args.max_pixels is None else {"max_pixels": args.max_pixels}
+    regions = None if args.regions is None else RegionGrid(args.regions)
     config = IndexConfig(workers=args.workers, batch_size=args.batch_size, draft=args.fast_decode,
-                         progress=not args.quiet and sys.stderr.isatty(), **limit)
+                         progress=not args.quiet and sys.stderr.isatty(), regions=regions, **limit)
     with Collection.open_or_create(args.collection, args.model) as coll:
         report = coll.add(args.paths, config=config)
     print(report.summary())
@@ -135,9 +141,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
         bad = [{"path": i.path, "reason": i.reason, "error": _detail(i.path, i.error)}
                for i in coll.items("error")]
         live = len(coll.live_rows()[0])
-        sets = [{"name": name, "dim": dim, "rows": rows, "file": file.name,
-                 "orphaned_rows": rows - live}
-                for name, dim, rows, file in coll.vector_sets()]
+        sets = []
+        for name, dim, rows, file in coll.vector_sets():
+            used = live if name == "image" else len(coll.snapshot(name).live_rows)
+            sets.append({"name": name, "dim": dim, "rows": rows, "file": file.name,
+                         "orphaned_rows": rows - used, **coll.vector_set(name).params})
         status = {"collection": str(coll.path), "model": coll.info.model,
                   "fingerprint": coll.info.fingerprint, "dim": coll.info.dim,
                   "items": counts["ok"], "failed": counts["error"], "vector_sets": sets,
@@ -151,7 +159,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     for entry in sets:
         orphans = (f" ({entry['orphaned_rows']} orphaned: `sharpclip compact` reclaims them)"
                    if entry["orphaned_rows"] else "")
-        print(f"vector set {entry['name']}: {entry['rows']} rows{orphans}")
+        grid = f" (grid {entry['grid']})" if "grid" in entry else ""
+        print(f"vector set {entry['name']}{grid}: {entry['rows']} rows{orphans}")
     if status["ann_index"] is False:
         print(f"no ANN index: searches scan exactly; `sharpclip check -c {args.collection} "
               "--repair` builds it")
@@ -241,16 +250,57 @@ def _cmd_search(args: argparse.Namespace) -> int:
         raise UsageError("give exactly one query: TEXT, --image FILE or --like PATH")
     if args.condition is not None and args.text is not None:
         raise UsageError("--condition compares images: use it with --image FILE or --like PATH")
+    if (args.rerank or args.steer is not None) and args.text is None:
+        raise UsageError("--rerank and --steer work on text queries: give the query as TEXT")
+    if args.shortlist is not None and not args.rerank:
+        raise UsageError("--shortlist sets how many candidates --rerank re-ranks: add --rerank parts")
+    steer = None if args.steer is None else (True if args.steer == "" else args.steer)
     with Collection.open(args.collection, args.model) as coll:
         result = coll.search(text=args.text, image=args.image, like=args.like, k=args.k,
                              exact=args.exact or None, condition=args.condition,
-                             concepts=args.concepts)
+                             concepts=args.concepts, rerank=args.rerank, steer=steer,
+                             shortlist=args.shortlist)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
         return 0
+    for note in _query_notes(result.query):
+        print(note, file=sys.stderr)
     for rank, hit in enumerate(result.hits, 1):
         print(f"{rank:3d}  {hit.score:.4f}  {display(hit.path)}")
+        if args.why:
+            for line in _why_lines(hit.why):
+                print(f"{'':13s}{line}")
     return 0
+
+
+def _query_notes(query: dict) -> list[str]:
+    """What the methods did to the query, for the plain-text output (stderr)."""
+    notes = []
+    for detail in query.get("steer", {}).get("attributes", []):
+        used = "steered" if detail.get("used") else "no direction (its neighbours were the same)"
+        notes.append(f"steer: {detail['condition']} {detail['value']!r} vs "
+                     f"{detail['confuser']!r}: {used}")
+    parts = query.get("parts")
+    if parts and "skipped" in parts:
+        notes.append(f"rerank parts: skipped, {parts['skipped']}")
+    if query.get("regions_computed"):
+        notes.append(f"rerank parts: computed the regions of {query['regions_computed']} "
+                     "candidates on demand (index with --regions to store them)")
+    return notes
+
+
+def _why_lines(why: dict) -> list[str]:
+    """A hit's per-stage explanation as short lines (``--why``)."""
+    lines = []
+    for stage, value in why.items():
+        if isinstance(value, dict):  # parts: the score, then each phrase's matched region
+            lines.append(f"{stage} {value['score']:.4f} (alignment {value['alignment']:.4f})")
+            for match in value.get("matches", []):
+                box = "unmatched" if match["box"] is None else "box " + ",".join(map(str, match["box"]))
+                lines.append(f"  {display(match['phrase'])!r} -> {box} cos {match['cos']:.4f}")
+        else:
+            lines.append(f"{stage} {value:.4f}")
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -278,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refuse images with more pixels (decompression bombs)")
     p.add_argument("--fast-decode", action="store_true",
                    help="decode JPEGs at reduced scale (faster; not pixel-identical)")
+    p.add_argument("--regions", nargs="?", const=DEFAULT_GRID, default=None, metavar="GRID",
+                   help="also store region crops for --rerank parts (default grid "
+                   f"{DEFAULT_GRID}; levels whole, halves, 2x2, 3x3 joined by +); added to the "
+                   "stored items that lack them without re-embedding their images")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_index)
 
@@ -296,6 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--condition", default=None,
                    help="compare images only in a condition: colour, shape, colour+shape, ...")
     p.add_argument("--concepts", default=None, help="a YAML/JSON concept vocabulary file")
+    p.add_argument("--rerank", choices=["parts"], default=None,
+                   help="re-rank a shortlist by matching the query's parts to image regions")
+    p.add_argument("--shortlist", type=_count(1), default=None,
+                   help="candidates --rerank re-ranks (default 100)")
+    p.add_argument("--steer", nargs="?", const="", default=None, metavar="ATTR=VALUE",
+                   help="steer the query toward the attribute values it names (or the one given, "
+                   "e.g. colour=red) and away from their confusers")
+    p.add_argument("--why", action="store_true", help="show each hit's per-stage scores")
     p.add_argument("--model", default=None, help="must be the collection's model (checked)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=_cmd_search)

@@ -13,6 +13,13 @@ from sharpclip.store import collection as store
 class Collection(store.Collection):
     """A directory-backed image collection you can ``add`` files to and ``search``."""
 
+    @staticmethod
+    def load_model(spec: str):
+        """The model of a spec (``bundled``, a local Hugging Face directory or a hub id)."""
+        from sharpclip.models import load_model
+
+        return load_model(spec)
+
     def add(self, paths: Iterable[str | os.PathLike], **options):
         """Index files and folders incrementally (see :func:`sharpclip.ingest.index_paths`)."""
         from sharpclip.ingest import index_paths

@@ -17,12 +17,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from sharpclip.collection import Collection
 from sharpclip.ingest import IndexConfig, index_paths
 from sharpclip.store.collection import (
     IMAGE_SET,
     REGIONS_SET,
     VECTORS_LOST,
-    Collection,
     DamagedCollectionError,
 )
 from sharpclip.store.faults import crash_point

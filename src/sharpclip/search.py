@@ -45,7 +45,7 @@ def vocabulary_values(concepts=None) -> dict[str, list[str]]:
     from sharpclip.concepts import load_vocabulary
 
     vocabulary = load_vocabulary(concepts)
-    return {name: list(vocabulary.concept(name).values) for name in vocabulary.conditions()}
+    return {name: list(vocabulary.concept(name).values) for name in vocabulary.conditions}
 
 
 def _rerank_config(rerank, shortlist: int | None) -> PartsConfig | None:

@@ -372,6 +372,18 @@ def _phrase(obj: ShapeObject, rng: np.random.Generator, with_size: bool) -> str:
     return f"{size}{obj.colour} {synonym(obj.shape, rng)} {FILL_PHRASE[obj.fill]}"
 
 
+def object_phrase(obj: ShapeObject, rng: np.random.Generator, with_size: bool = False,
+                  shape_synonyms: bool = True) -> str:
+    """One object as the captions word it, with its article ("a red pentagon with stripes",
+    "a small red striped pentagon"): colour, fill and shape (and size when ``with_size``);
+    ``shape_synonyms=False`` always names the shape by its label."""
+    size = f"{obj.size} " if with_size else ""
+    shape = synonym(obj.shape, rng) if shape_synonyms else obj.shape
+    if rng.random() < 0.5:
+        return with_article(f"{size}{obj.colour} {synonym(obj.fill, rng)} {shape}")
+    return with_article(f"{size}{obj.colour} {shape} {FILL_PHRASE[obj.fill]}")
+
+
 def captions(spec: SceneSpec, rng: np.random.Generator, n: int = 3) -> list[str]:
     """Captions from several templates with synonyms and varied word order.
 

@@ -62,7 +62,8 @@ def _key(value: str) -> str:
 def find_attributes(text: str, values: Mapping[str, Sequence[str]]) -> list[Attribute]:
     """Whole-word, case-insensitive occurrences of vocabulary values in ``text`` (§2b step 1), in
     order of appearance, non-overlapping; at one position the longest value wins; a value listed
-    under two conditions belongs to the first."""
+    under two conditions belongs to the first. A word that is part of a spatial relation ("left
+    of", "right of") is not an attribute value: it relates two parts, it does not describe one."""
     lookup: dict[str, tuple[str, str]] = {}
     for condition, options in values.items():
         for value in options:
@@ -74,7 +75,11 @@ def find_attributes(text: str, values: Mapping[str, Sequence[str]]) -> list[Attr
     pattern = r"(?<!\w)(?:" + "|".join(r"\s+".join(map(re.escape, w.split())) for w in words)
     found = re.finditer(pattern + r")(?!\w)", text, re.IGNORECASE)
     hits = ((lookup.get(_key(m.group())), m) for m in found)
-    return [Attribute(*hit, m.start(), m.end()) for hit, m in hits if hit is not None]
+    return [Attribute(*hit, m.start(), m.end()) for hit, m in hits
+            if hit is not None and not _RELATION_WORD.match(text, m.end())]
+
+
+_RELATION_WORD = re.compile(r"\s+of(?!\w)", re.IGNORECASE)  # "left| of", "right| of"
 
 
 def parse_steer(spec: str, values: Mapping[str, Sequence[str]]) -> tuple[str, str]:

@@ -236,14 +236,12 @@ class Collection:
     @classmethod
     def create(cls, path: str | os.PathLike, model="bundled") -> Collection:
         """Create an empty collection at ``path`` for ``model`` (a spec string or a loaded model)."""
-        from sharpclip.models import load_model
-
         path = Path(path).expanduser()
         if (path / DB_NAME).exists():
             raise CollectionExistsError(f"{path} is already a collection; open it instead")
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise CollectionError(f"{path} exists and is not an empty directory; choose a new path")
-        loaded = load_model(model) if isinstance(model, str) else model
+        loaded = cls.load_model(model) if isinstance(model, str) else model
         info = CollectionInfo(
             model=_model_spec(loaded), fingerprint=loaded.fingerprint, model_type=loaded.model_type,
             dim=loaded.dim, preprocess=_preprocess_dict(loaded), created_at=time.time(),
@@ -296,9 +294,7 @@ class Collection:
             raise DamagedCollectionError(catalog_damage_message(path, error)) from None
         loaded = None
         if model is not None:
-            from sharpclip.models import load_model
-
-            loaded = load_model(model) if isinstance(model, str) else model
+            loaded = cls.load_model(model) if isinstance(model, str) else model
             if loaded.fingerprint != info.fingerprint:
                 raise ModelMismatchError(
                     f"{path} was indexed with model {info.model!r} (fingerprint {info.fingerprint}) "
@@ -318,6 +314,13 @@ class Collection:
                 pass
         return cls.open(path, model)
 
+    @staticmethod
+    def load_model(spec: str):
+        """Load a model from its spec; the store cannot (it imports nothing above ``data/``): the
+        facade, :class:`sharpclip.collection.Collection`, can."""
+        raise CollectionError(f"model {spec!r} must be passed loaded: open the collection with "
+                              "sharpclip.Collection, which loads models")
+
     def close(self) -> None:
         """Close the database connection."""
         self._db.close()
@@ -332,9 +335,7 @@ class Collection:
     def model(self):
         """The collection's model, loaded on first use from the spec recorded at creation."""
         if self._model is None:
-            from sharpclip.models import load_model
-
-            model = load_model(self.info.model)
+            model = self.load_model(self.info.model)
             if model.fingerprint != self.info.fingerprint:
                 raise ModelMismatchError(
                     f"model {self.info.model!r} now has fingerprint {model.fingerprint}, but "
