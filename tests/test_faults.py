@@ -154,6 +154,33 @@ def test_crash_inside_index(started, point):
     assert_correct(coll_path, folder, expected)
 
 
+REGION_POINTS = ["commit.vectors_appended:2", "commit.vectors_appended:4", "commit.committed:2"]
+
+
+@pytest.mark.parametrize("point", REGION_POINTS)
+def test_crash_inside_index_with_regions(started, model, point):
+    """kill -9 between the image and the regions appends of a batch, or after a commit: the next
+    run keeps every committed item, duplicates none, and completes every item's regions."""
+    from sharpclip.data.regions import RegionGrid, region_crops
+    from sharpclip.store.collection import REGIONS_SET
+
+    coll_path, folder, expected = started
+    assert killed(index_argv(folder, coll_path) + ["--regions", "whole+2x2"], point)
+    resume(coll_path, folder)
+    assert_correct(coll_path, folder, expected)
+    grid = RegionGrid("whole+2x2")
+    with Collection.open(coll_path) as coll:
+        assert coll.items_lacking(REGIONS_SET) == []
+        vectors = coll.read_vectors(REGIONS_SET)[1]
+        live = coll.snapshot(REGIONS_SET)
+        assert len(live.live_rows) == len(set(live.live_rows.tolist())) == len(grid) * coll.counts()["ok"]
+        for item in coll.items("ok")[:5]:
+            (start,), (count,) = coll.rows_for_items(REGIONS_SET, [item.id])
+            np.testing.assert_allclose(vectors[start:start + count],
+                                       model.encode_images(region_crops(load_rgb(item.path), grid)),
+                                       atol=1e-5)
+
+
 def test_crash_inside_remove(started):
     coll_path, folder, expected = started
     victim = min(folder.glob("s*.png"))
