@@ -610,7 +610,7 @@ def write_results(result: dict, out) -> None:
 def sweep(model, seed: int = 0, size: int = DEFAULT_SIZE, layout: str = "varied",
           grids: Sequence[str] = SWEEP_GRIDS, lams: Sequence[float] = (0.3, 0.5, 0.7, 0.85, 1.0),
           shortlists: Sequence[int] = (20, 50, 100, 200), structures: Sequence[float] = (0.0, 0.3),
-          betas: Sequence[float] = (0.1, 0.2, 0.4, 0.8), ms: Sequence[int] = (5, 10, 20, 50),
+          betas: Sequence[float] = (0.05, 0.1, 0.2, 0.4), ms: Sequence[int] = (5, 10, 20, 50),
           windows: Sequence[float] = (0.0, 0.5), base_parts: PartsConfig = DEFAULT_PARTS,
           base_steer: SteerConfig = DEFAULT_STEER, confusion_size: int | None = None,
           log: Callable[[str], None] | None = None) -> list[dict]:
