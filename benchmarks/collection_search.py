@@ -25,7 +25,7 @@ from timing import median_ms
 
 from sharpclip.collection import Collection
 from sharpclip.methods.conditional import project
-from sharpclip.search import condition_projection
+from sharpclip.query.condition import condition_projection
 from sharpclip.store.search_index import exact_topk
 
 
