@@ -225,3 +225,28 @@ def _imported_modules(file: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module:
             out.add(node.module)
     return out
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_regions_rerank_and_steer_work_with_other_checkpoints(tmp_path, kind):
+    """Tiny random CLIP (40 px, dim 24) and SigLIP checkpoints: regions stored at index time equal
+    the checkpoint's own embeddings of the padded crops, and the methods run end to end."""
+    from tiny_checkpoints import save_tiny_clip, save_tiny_siglip
+
+    from sharpclip.models import load_model
+
+    save = save_tiny_clip if kind == "clip" else save_tiny_siglip
+    model = load_model(str(save(tmp_path / kind)))
+    folder = tmp_path / "in"
+    paths = write_scenes(folder, 4, seed=12)
+    with Collection.create(tmp_path / "c.sc", model) as coll:
+        coll.add([folder], config=IndexConfig(workers=0, progress=False, regions=GRID))
+        disk = CollectionGallery(coll)
+        vectors, _, _ = disk.regions([coll.item(paths[2]).id])
+        np.testing.assert_allclose(vectors, model.encode_images(region_crops(load_rgb(paths[2]),
+                                                                             GRID)), atol=1e-5)
+        result = coll.search(text="a red circle and a blue square", k=3, rerank="parts",
+                             steer="colour=red")
+        assert len(result.hits) == 3 and all("parts" in h.why for h in result.hits)
+        assert result.query["steer"]["attributes"][0]["value"] == "red"
+        assert disk.computed_on_demand == 0 and vectors.shape[1] == model.dim
