@@ -231,9 +231,8 @@ def _imported_modules(file: Path) -> set[str]:
 def test_regions_rerank_and_steer_work_with_other_checkpoints(tmp_path, kind):
     """Tiny random CLIP (40 px, dim 24) and SigLIP checkpoints: regions stored at index time equal
     the checkpoint's own embeddings of the padded crops, and the methods run end to end."""
-    from tiny_checkpoints import save_tiny_clip, save_tiny_siglip
-
     from sharpclip.models import load_model
+    from tiny_checkpoints import save_tiny_clip, save_tiny_siglip
 
     save = save_tiny_clip if kind == "clip" else save_tiny_siglip
     model = load_model(str(save(tmp_path / kind)))
