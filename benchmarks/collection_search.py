@@ -43,7 +43,7 @@ def main() -> None:
         vectors, mask = coll.vectors(), coll.live_mask()
         with coll.writing():  # what `index` does at its end: build the HNSW index if n is large
             coll.sync_index(progress=True)
-        ann = coll._reader_ann(*coll.read_vectors()) if coll.uses_ann(args.n, None) else None
+        ann = coll.backend.reader_index(*coll.read_vectors()) if coll.uses_ann(args.n, None) else None
         index = ann[0] if ann is not None else None
         W, gallery = condition_projection(coll, "colour")
         rows = [

@@ -242,7 +242,7 @@ def test_compact_rebuilds_the_ann_index(tmp_path, model, monkeypatch):
             compact(coll)
         indexes = list((tmp_path / "c.sc" / "index").iterdir())
         assert len(indexes) == 1 and indexes[0].stem == coll.snapshot().file.stem
-        index, fresh = coll._reader_ann(*coll.read_vectors())
+        index, fresh = coll.backend.reader_index(*coll.read_vectors())
         assert fresh.size == 0 and len(index) == 7
         assert coll.search(image=paths[5], k=1).hits[0].path == str(paths[5])
 

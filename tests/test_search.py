@@ -174,7 +174,7 @@ def test_searches_read_the_writers_index_and_make_up_for_its_lag(tmp_path, model
         assert coll.sync_index(ann)
         assert not coll.sync_index(ann)  # already up to date: not written again
     with Collection.open(coll.path) as reopened:
-        index, fresh = reopened._reader_ann(*reopened.read_vectors())
+        index, fresh = reopened.backend.reader_index(*reopened.read_vectors())
         assert fresh.size == 0 and len(index) == 60
         np.testing.assert_array_equal(reopened.nearest(queries, 10, config=ann)[1], rows)
 

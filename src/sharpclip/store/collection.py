@@ -51,14 +51,8 @@ from sharpclip.data.imagefiles import COLLECTION_MARKER, path_key
 from sharpclip.store import schema
 from sharpclip.store.caches import Caches
 from sharpclip.store.faults import crash_point
-from sharpclip.store.search_index import (
-    AnnIndex,
-    SearchConfig,
-    exact_topk,
-    merge_topk,
-    needs_ann,
-    rescore,
-)
+from sharpclip.store.local_backend import LocalBackend, index_file_for
+from sharpclip.store.search_index import SearchConfig, needs_ann
 
 logger = logging.getLogger(__name__)
 
@@ -185,36 +179,6 @@ def surviving_rows(batch_ends: Sequence[int], present: int) -> int:
     return max((end for end in batch_ends if end <= present), default=0)
 
 
-def index_matches(index: AnnIndex, vectors: np.ndarray, sample: int = 16) -> bool:
-    """Whether ``index`` was built from ``vectors``: its rows lie within them and the vectors it
-    stores for ``sample`` evenly spread live rows equal the file's (an index copied from another
-    collection, or left from before a ``compact``, fails)."""
-    if index.dim != vectors.shape[1]:
-        return False
-    kept = np.flatnonzero(~index.deleted_)
-    if not len(kept):
-        return True
-    if index.rows_.max() >= len(vectors) or index.rows_.min() < 0:
-        return False
-    picked = kept[np.linspace(0, len(kept) - 1, min(sample, len(kept))).astype(np.int64)]
-    stored = np.stack([index.index_.reconstruct(int(i)) for i in picked])
-    return bool(np.allclose(stored, np.asarray(vectors[index.rows_[picked]]), atol=1e-6))
-
-
-def load_index_for(file: Path, vectors: np.ndarray, sample: int = 16) -> AnnIndex:
-    """The ANN index saved at ``file``, if it was built from ``vectors`` (checked on ``sample``
-    rows, see :func:`index_matches`); else ValueError."""
-    index = AnnIndex.load(file)
-    if not index_matches(index, vectors, sample):
-        raise ValueError("it was not built from this vector file (its vectors differ)")
-    return index
-
-
-def index_file_for(vector_file: Path) -> Path:
-    """The ANN index file that belongs to a vector file (a new file after ``compact``)."""
-    return vector_file.parent.parent / "index" / f"{vector_file.stem}.faiss"
-
-
 class Collection:
     """A directory-backed image collection (see the module docstring for the layout)."""
 
@@ -224,10 +188,9 @@ class Collection:
         self._model = model
         # Derived from the database, kept per generation: reused while nothing was committed.
         self._snaps: dict[str, Snapshot] = {}
-        self._anns: dict[str, tuple[int, tuple, AnnIndex, np.ndarray]] = {}
+        self.backend = LocalBackend(self.path)
         self._caches = Caches(self.path / "cache")
         self._verified_batches: dict[tuple, bool] = {}
-        self._warned: set[str] = set()
         self.repairs: list[str] = []  # what the writer repaired on taking the lock, for reports
         self._db = _connect(self.path / DB_NAME)
 
@@ -789,24 +752,13 @@ class Collection:
                 config: SearchConfig | None = None,
                 vector_set: str = IMAGE_SET) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (scores, rows) of the live rows of ``vector_set`` per query (map rows to
-        items with :meth:`snapshot`): exact scan while the collection is
-        below ``config.ann_threshold`` or when ``exact``; otherwise the saved HNSW index (built
-        by the writer, see :meth:`sync_index`) with rows committed since its last save scanned
-        exactly and merged in, and rows removed since then masked out. Without a usable index
-        file the exact scan answers (correct, slower) and a warning says how to build one."""
+        items with :meth:`snapshot`): exact scan while the collection is below
+        ``config.ann_threshold`` or when ``exact``, else the saved HNSW index (see
+        :class:`~sharpclip.store.local_backend.LocalBackend`)."""
         config = config or SearchConfig()
         snap, vectors = self.read_vectors(vector_set)
-        live = snap.live_rows
-        ann = self._reader_ann(snap, vectors) if self.uses_ann(len(live), exact, config) else None
-        if ann is None:
-            return exact_topk(vectors, queries, k, valid=_row_mask(live, len(vectors)))
-        index, fresh = ann
-        # Scored again from the vector file: a damaged index can cost recall, never a wrong score.
-        hits = rescore(vectors, queries, index.search(queries, k)[1])
-        if not fresh.size:
-            return hits
-        extra_scores, at = exact_topk(np.asarray(vectors[fresh]), queries, k)
-        return merge_topk(hits, (extra_scores, fresh[at]), k)
+        use_ann = self.uses_ann(len(snap.live_rows), exact, config)
+        return self.backend.nearest(snap, vectors, queries, k, use_ann)
 
     @staticmethod
     def uses_ann(live: int, exact: bool | None, config: SearchConfig | None = None) -> bool:
@@ -815,77 +767,17 @@ class Collection:
 
     def has_index(self) -> bool:
         """Whether a readable ANN index file exists for the current vector file."""
-        return self._reader_ann(*self.read_vectors()) is not None
-
-    def _reader_ann(self, snap: Snapshot,
-                    vectors: np.ndarray) -> tuple[AnnIndex, np.ndarray] | None:
-        """(index with removed rows masked, live rows it lacks) for ``snap``; never writes."""
-        file = index_file_for(snap.file)
-        try:
-            stat = file.stat()
-        except FileNotFoundError:
-            self._warn_once("no-index", f"{self.path}: no ANN index yet, searching exactly; "
-                            f"`sharpclip check -c {self.path} --repair` or `index` builds it")
-            return None
-        stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-        cached = self._anns.get(snap.vector_set)
-        if cached is not None and cached[0] == snap.generation and cached[1] == stamp:
-            return cached[2], cached[3]
-        if cached is not None and cached[1] == stamp:
-            index = cached[2]  # the same file: removals masked in memory so far still hold
-        else:
-            try:
-                index = load_index_for(file, vectors)
-            except (OSError, ValueError, RuntimeError) as error:
-                self._warn_once(f"bad-index-{stamp}", f"{file}: unusable ANN index ({error}); "
-                                f"searching exactly; `sharpclip check -c {self.path} --repair` "
-                                "rebuilds it")
-                return None
-        indexed = index.rows_[~index.deleted_]
-        index.remove(np.setdiff1d(indexed, snap.live_rows, assume_unique=True))
-        fresh = np.setdiff1d(snap.live_rows, indexed, assume_unique=True)
-        self._anns[snap.vector_set] = (snap.generation, stamp, index, fresh)
-        return index, fresh
+        return self.backend.reader_index(*self.read_vectors()) is not None
 
     def sync_index(self, config: SearchConfig | None = None, progress: bool = False) -> bool:
         """Bring the saved ANN index up to date with the live rows (call under ``writing``):
-        build it when the collection first reaches ``config.ann_threshold``, rebuild it when too
-        many rows were removed or the file is unusable, else add and mask incrementally.
+        built when the collection first reaches ``config.ann_threshold``, then kept in step.
         Returns whether the file was written."""
         config = config or SearchConfig()
         snap, vectors = self.read_vectors()
         if not self.uses_ann(len(snap.live_rows), False, config):
             return False
-        file = index_file_for(snap.file)
-        index = None
-        if file.exists():
-            try:
-                index = load_index_for(file, vectors)
-            except (OSError, ValueError, RuntimeError) as error:
-                logger.warning("%s: unusable ANN index (%s); rebuilding it", file, error)
-        if index is not None and index.needs_rebuild:
-            index = None
-        live = snap.live_rows
-        if index is None:
-            index = AnnIndex.build(np.asarray(vectors[live]), live, config, progress=progress)
-        else:
-            indexed = index.rows_[~index.deleted_]
-            stale = np.setdiff1d(indexed, live, assume_unique=True)
-            fresh = np.setdiff1d(live, indexed, assume_unique=True)
-            if not stale.size and not fresh.size:
-                return False
-            index.remove(stale)
-            if fresh.size:
-                index.add(np.asarray(vectors[fresh]), fresh, progress=progress)
-        file.parent.mkdir(exist_ok=True)
-        index.save(file)
-        self._anns.pop(IMAGE_SET, None)
-        return True
-
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            logger.warning(message)
+        return self.backend.sync(snap, vectors, config, progress)
 
     # -- derived caches -------------------------------------------------------------------------
 

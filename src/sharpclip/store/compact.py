@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sharpclip.store.collection import IMAGE_SET, Collection, Snapshot, index_file_for, transaction
+from sharpclip.store.collection import IMAGE_SET, Collection, Snapshot, transaction
 from sharpclip.store.faults import crash_point
+from sharpclip.store.local_backend import index_file_for
 from sharpclip.store.schema import CHECKSUM_BATCH_ROWS
 from sharpclip.store.search_index import AnnIndex, SearchConfig
 

@@ -35,10 +35,9 @@ from sharpclip.store.collection import (
     Collection,
     CollectionError,
     DamagedCollectionError,
-    index_file_for,
-    load_index_for,
     surviving_rows,
 )
+from sharpclip.store.local_backend import index_file_for, load_index_for
 
 INDEX_SAMPLE = 1000  # indexed rows whose stored vectors are compared with the set's
 

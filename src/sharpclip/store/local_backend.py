@@ -1,0 +1,145 @@
+"""The local vector backend: exact scan or a saved HNSW index over a collection's memory-mapped
+vector files (``COLL/vectors/*.f32``, ``COLL/index/*.faiss``).
+
+The catalog (``store.collection``) decides *what* is live and hands this backend a snapshot and its
+vectors; the backend answers top-k queries over them and keeps the index file in step. Readers
+never write the index: the writer (``sync``, under the collection's lock) does.
+
+An index is tied to one vector file (a ``compact`` makes a new file, and so a new index), and it
+is used only when it was built from that file's vectors (checked on a sample of rows). Rows
+committed since the index was saved are scanned exactly and merged in; rows removed since are
+masked; every hit is scored again from the vector file, so a damaged index can cost recall but
+never give a wrong score.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from sharpclip.store.search_index import AnnIndex, SearchConfig, exact_topk, merge_topk, rescore
+
+logger = logging.getLogger(__name__)
+
+
+def index_matches(index: AnnIndex, vectors: np.ndarray, sample: int = 16) -> bool:
+    """Whether ``index`` was built from ``vectors``: its rows lie within them and the vectors it
+    stores for ``sample`` evenly spread live rows equal the file's (an index copied from another
+    collection, or left from before a ``compact``, fails)."""
+    if index.dim != vectors.shape[1]:
+        return False
+    kept = np.flatnonzero(~index.deleted_)
+    if not len(kept):
+        return True
+    if index.rows_.max() >= len(vectors) or index.rows_.min() < 0:
+        return False
+    picked = kept[np.linspace(0, len(kept) - 1, min(sample, len(kept))).astype(np.int64)]
+    stored = np.stack([index.index_.reconstruct(int(i)) for i in picked])
+    return bool(np.allclose(stored, np.asarray(vectors[index.rows_[picked]]), atol=1e-6))
+
+
+def load_index_for(file: Path, vectors: np.ndarray, sample: int = 16) -> AnnIndex:
+    """The ANN index saved at ``file``, if it was built from ``vectors`` (checked on ``sample``
+    rows, see :func:`index_matches`); else ValueError."""
+    index = AnnIndex.load(file)
+    if not index_matches(index, vectors, sample):
+        raise ValueError("it was not built from this vector file (its vectors differ)")
+    return index
+
+
+def index_file_for(vector_file: Path) -> Path:
+    """The ANN index file that belongs to a vector file (a new file after ``compact``)."""
+    return vector_file.parent.parent / "index" / f"{vector_file.stem}.faiss"
+
+
+class LocalBackend:
+    """Top-k search over one collection's vector files (see the module docstring)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._indexes: dict[str, tuple[int, tuple, AnnIndex, np.ndarray]] = {}
+        self._warned: set[str] = set()
+
+    def nearest(self, snap, vectors: np.ndarray, queries: np.ndarray, k: int,
+                use_ann: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores, rows) among ``snap``'s live rows per query: from the saved index
+        when ``use_ann`` and the index is usable, else (and as the fallback) the exact scan."""
+        live = snap.live_rows
+        ann = self.reader_index(snap, vectors) if use_ann else None
+        if ann is None:
+            valid = np.zeros(len(vectors), dtype=bool)
+            valid[live[live < len(vectors)]] = True
+            return exact_topk(vectors, queries, k, valid=valid)
+        index, fresh = ann
+        hits = rescore(vectors, queries, index.search(queries, k)[1])
+        if not fresh.size:
+            return hits
+        extra_scores, at = exact_topk(np.asarray(vectors[fresh]), queries, k)
+        return merge_topk(hits, (extra_scores, fresh[at]), k)
+
+    def reader_index(self, snap, vectors: np.ndarray) -> tuple[AnnIndex, np.ndarray] | None:
+        """(index with removed rows masked, live rows it lacks) for ``snap``, or None when there
+        is no usable index file (a warning says how to build one); never writes."""
+        file = index_file_for(snap.file)
+        try:
+            stat = file.stat()
+        except FileNotFoundError:
+            self._warn_once("no-index", f"{self.path}: no ANN index yet, searching exactly; "
+                            f"`sharpclip check -c {self.path} --repair` or `index` builds it")
+            return None
+        stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        cached = self._indexes.get(snap.vector_set)
+        if cached is not None and cached[0] == snap.generation and cached[1] == stamp:
+            return cached[2], cached[3]
+        if cached is not None and cached[1] == stamp:
+            index = cached[2]  # the same file: removals masked in memory so far still hold
+        else:
+            try:
+                index = load_index_for(file, vectors)
+            except (OSError, ValueError, RuntimeError) as error:
+                self._warn_once(f"bad-index-{stamp}", f"{file}: unusable ANN index ({error}); "
+                                f"searching exactly; `sharpclip check -c {self.path} --repair` "
+                                "rebuilds it")
+                return None
+        indexed = index.rows_[~index.deleted_]
+        index.remove(np.setdiff1d(indexed, snap.live_rows, assume_unique=True))
+        fresh = np.setdiff1d(snap.live_rows, indexed, assume_unique=True)
+        self._indexes[snap.vector_set] = (snap.generation, stamp, index, fresh)
+        return index, fresh
+
+    def sync(self, snap, vectors: np.ndarray, config: SearchConfig, progress: bool = False) -> bool:
+        """Bring ``snap``'s saved index up to date (the writer only): build it, rebuild it when too
+        many rows were removed or the file is unusable, else add and mask incrementally. Returns
+        whether the file was written."""
+        file = index_file_for(snap.file)
+        index = None
+        if file.exists():
+            try:
+                index = load_index_for(file, vectors)
+            except (OSError, ValueError, RuntimeError) as error:
+                logger.warning("%s: unusable ANN index (%s); rebuilding it", file, error)
+        if index is not None and index.needs_rebuild:
+            index = None
+        live = snap.live_rows
+        if index is None:
+            index = AnnIndex.build(np.asarray(vectors[live]), live, config, progress=progress)
+        else:
+            indexed = index.rows_[~index.deleted_]
+            stale = np.setdiff1d(indexed, live, assume_unique=True)
+            fresh = np.setdiff1d(live, indexed, assume_unique=True)
+            if not stale.size and not fresh.size:
+                return False
+            index.remove(stale)
+            if fresh.size:
+                index.add(np.asarray(vectors[fresh]), fresh, progress=progress)
+        file.parent.mkdir(exist_ok=True)
+        index.save(file)
+        self._indexes.pop(snap.vector_set, None)
+        return True
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(message)
