@@ -172,6 +172,9 @@ def test_cli_methods_end_to_end_and_bad_input(indexed, capsys, tmp_path):
     result = json.loads(capsys.readouterr().out)
     hit = result["hits"][0]
     assert set(hit["why"]) == {"steer", "parts"} and len(hit["why"]["parts"]["matches"]) == 2
+    used = [[d["condition"], d["value"], d["confuser"]]
+            for d in result["query"]["steer"]["attributes"] if d["used"]]
+    assert hit["why"]["steer"]["beta"] == 0.2 and hit["why"]["steer"]["attributes"] == used
     assert result["query"]["steer"]["attributes"][0]["value"] == "red"
     assert main(["search", text, "-c", coll_path, "-k", "2", "--rerank", "parts", "--why"]) == 0
     out = capsys.readouterr().out

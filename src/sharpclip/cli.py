@@ -300,7 +300,10 @@ def _why_lines(why: dict) -> list[str]:
     """A hit's per-stage explanation as short lines (``--why``)."""
     lines = []
     for stage, value in why.items():
-        if isinstance(value, dict):  # parts: the score, then each phrase's matched region
+        if stage == "steer":
+            moved = "; ".join(f"{c} {v} vs {w}" for c, v, w in value["attributes"]) or "nothing"
+            lines.append(f"steer {value['score']:.4f} (beta {value['beta']:g}: {moved})")
+        elif isinstance(value, dict):  # parts: the score, then each phrase's matched region
             lines.append(f"{stage} {value['score']:.4f} (alignment {value['alignment']:.4f})")
             for match in value.get("matches", []):
                 box = "unmatched" if match["box"] is None else "box " + ",".join(map(str, match["box"]))

@@ -196,9 +196,15 @@ def run_query(plan: QueryPlan, gallery: Gallery, encode: Callable[[Sequence[str]
             plan.text, query, gallery, encode, values or {})
         lap("steer")
     scores, ids = gallery.nearest(query, plan.shortlist, condition=plan.condition, exact=plan.exact)
-    stage = "condition" if plan.condition is not None else "steer" if plan.steer else "plain"
-    candidates = Candidates(ids, scores.astype(np.float64),
-                            [{stage: round(float(s), 6)} for s in scores])
+    if plan.steer is not None:  # the steered score, and what steered it
+        used = [(d["condition"], d["value"], d["confuser"]) for d in details["steer"]["attributes"]
+                if d.get("used")]
+        why = [{"steer": {"score": round(float(s), 6), "beta": plan.steer.beta,
+                          "attributes": [list(u) for u in used]}} for s in scores]
+    else:
+        stage = "condition" if plan.condition is not None else "plain"
+        why = [{stage: round(float(s), 6)} for s in scores]
+    candidates = Candidates(ids, scores.astype(np.float64), why)
     lap("candidates")
     if plan.rerank is not None and len(candidates.ids):
         candidates, details["parts"] = PartRerank(plan.rerank).refine(plan.text, candidates,
