@@ -169,6 +169,9 @@ def test_a_cut_regions_file_loses_only_regions_and_index_restores_them(tmp_path,
     file = coll_path / "vectors" / "regions.f32"
     os.truncate(file, file.stat().st_size // 3)
     assert not check_collection(coll_path).clean
+    with Collection.open(coll_path) as coll:  # a search meanwhile crops from the files
+        hits = coll.search(text="a red circle and a blue square", k=3, rerank="parts").hits
+        assert len(hits) == 3 and all("parts" in h.why for h in hits)
     with Collection.open(coll_path) as coll:
         report = coll.add([folder], config=PLAIN)
         assert report.embedded == 0 and report.completed >= 4  # images kept, regions re-made

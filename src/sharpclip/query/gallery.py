@@ -151,13 +151,19 @@ class CollectionGallery:
         return np.asarray(coll.read_vectors()[1][starts])
 
     def regions(self, ids):
-        from sharpclip.store.collection import REGIONS_SET
+        from sharpclip.store.collection import REGIONS_SET, DamagedCollectionError
 
         coll, ids = self.coll, _as_ids(ids)
         parts, boxes = [], []
+        vectors = None
         if self.has_stored_regions:
+            try:
+                vectors = coll.read_vectors(REGIONS_SET)[1]
+            except DamagedCollectionError as error:  # regions lost: computed from the files
+                logger.warning("%s", error)
+                self.has_stored_regions = False
+        if vectors is not None:
             starts, counts = coll.rows_for_items(REGIONS_SET, ids)
-            vectors = coll.read_vectors(REGIONS_SET)[1]
             rows = [np.arange(s, s + c) for s, c in zip(starts, counts)]
             flat = np.concatenate(rows) if rows else np.zeros(0, np.int64)
             intact = coll.intact_rows(flat, REGIONS_SET) if len(flat) else flat.astype(bool)
