@@ -1,12 +1,17 @@
 """The ``binding`` benchmark (METHODS.md §2): the sweep behind its defaults, and runs of them.
 
-``--sweep`` varies one setting at a time around the defaults (region grid, lam, shortlist K,
-structure g, steering beta and m, the binding swap, the oracle window) on one seed -- seed 0
-only: the defaults are chosen there and reported on seeds 1 and 2. Without ``--sweep`` it runs
-``run_binding`` with the defaults and prints its table (``--out DIR`` also writes results.json/.md).
+``--sweep`` varies one setting at a time around a base (region grid, lam, shortlist K,
+structure g, steering beta and m, the binding swap, the oracle crops), then runs the ``--joint``
+parts+steer settings, on one seed -- seed 0 only: the defaults are chosen there and reported on
+seeds 1 and 2. Without ``--sweep`` it runs ``run_binding`` with the defaults and prints its table
+(``--out DIR`` also writes results.json/.md).
 
 Run: .venv/bin/python benchmarks/binding_sweep.py --sweep [--seed 0] [--size 1200]
+     .venv/bin/python benchmarks/binding_sweep.py --sweep --grid whole+halves+2x2 --grids "" \\
+         --lams 0.5,0.7,1.0 --joint "0.7:100:0.0:0.1:20,0.7:100:0.0:0.2:50"
      .venv/bin/python benchmarks/binding_sweep.py --seed 1 --layout fixed [--out DIR]
+(lists are comma-separated; an empty list skips that part; --joint items are lam:K:g:beta:m;
+oracle items are window:frame, e.g. 0.5:0,0:1)
 """
 
 from __future__ import annotations
@@ -18,7 +23,27 @@ import platform
 import time
 
 from sharpclip.eval import binding
+from sharpclip.methods.parts import PartsConfig
+from sharpclip.methods.steering import SteerConfig
 from sharpclip.models import load_model
+
+
+def _list(kind):
+    return lambda text: [kind(x) for x in text.split(",") if x.strip()]
+
+
+def _joint(text):
+    out = []
+    for item in _list(str)(text):
+        lam, k, g, beta, m = item.split(":")
+        out.append((PartsConfig(shortlist=int(k), lam=float(lam), structure=float(g)),
+                    SteerConfig(m=int(m), beta=float(beta))))
+    return out
+
+
+def _oracles(text):
+    return [binding.OracleConfig(float(w), bool(int(f)))
+            for w, f in (item.split(":") for item in _list(str)(text))]
 
 
 def main() -> None:
@@ -29,6 +54,22 @@ def main() -> None:
     parser.add_argument("--layout", default="varied")
     parser.add_argument("--model", default="bundled")
     parser.add_argument("--out", default=None)
+    d = binding.DEFAULT_PARTS, binding.DEFAULT_STEER
+    parser.add_argument("--grid", default=binding.DEFAULT_REGION_GRID, help="base grid")
+    parser.add_argument("--lam", type=float, default=d[0].lam)
+    parser.add_argument("--shortlist", type=int, default=d[0].shortlist)
+    parser.add_argument("--structure", type=float, default=d[0].structure)
+    parser.add_argument("--beta", type=float, default=d[1].beta)
+    parser.add_argument("--m", type=int, default=d[1].m)
+    parser.add_argument("--grids", type=_list(str), default=list(binding.SWEEP_GRIDS))
+    parser.add_argument("--lams", type=_list(float), default=[0.3, 0.5, 0.7, 0.85, 1.0])
+    parser.add_argument("--shortlists", type=_list(int), default=[20, 50, 100, 200])
+    parser.add_argument("--structures", type=_list(float), default=[0.0, 0.3])
+    parser.add_argument("--betas", type=_list(float), default=[0.05, 0.1, 0.2, 0.4])
+    parser.add_argument("--ms", type=_list(int), default=[5, 10, 20, 50])
+    parser.add_argument("--oracles", type=_oracles, default=[binding.OracleConfig(0.0),
+                                                           binding.OracleConfig(0.5)])
+    parser.add_argument("--joint", type=_joint, default=[])
     args = parser.parse_args()
     model = load_model(args.model)
     print(f"# {datetime.date.today()} {platform.machine()} {platform.python_version()}, "
@@ -37,8 +78,15 @@ def main() -> None:
     if args.sweep:
         if args.seed != 0:
             raise SystemExit("the sweep chooses the defaults: run it on seed 0 only")
+        parts = PartsConfig(shortlist=args.shortlist, lam=args.lam, structure=args.structure)
+        steer = SteerConfig(m=args.m, beta=args.beta)
+        print(f"# base: grid {args.grid}, {parts}, {steer}")
         print(binding.sweep_table([]), end="")
         rows = binding.sweep(model, seed=args.seed, size=args.size, layout=args.layout,
+                             grids=args.grids, lams=args.lams, shortlists=args.shortlists,
+                             structures=args.structures, betas=args.betas, ms=args.ms,
+                             oracles=args.oracles, base_grid=args.grid, base_parts=parts,
+                             base_steer=steer, joint=args.joint,
                              log=lambda line: print(line, flush=True))
         if args.out:
             with open(args.out, "w") as handle:

@@ -89,7 +89,7 @@ def test_sub_grids_and_on_demand_regions_match_direct_encoding(model, pair_part)
     np.testing.assert_allclose(no_whole.whole, direct.whole, atol=1e-5)
 
     whole_only = b.encode_part(model, part, regions=False)
-    galleries = b._galleries(whole_only, "whole+2x2", part, model.encode_images, b.ORACLE_WINDOW)
+    galleries = b._galleries(whole_only, "whole+2x2", part, model.encode_images, b.DEFAULT_ORACLE)
     ids = np.array([4, 1])
     vectors, owner, boxes = galleries["grid"].regions(ids)
     from sharpclip.query.gallery import ArrayGallery
@@ -190,3 +190,23 @@ def test_fixed_layout_is_labelled_and_bad_values_refused(model):
         b.run_binding(model, size=4, layout="diagonal")
     with pytest.raises(ValueError, match="unknown method"):
         b.run_binding(model, size=4, methods=("clip",))
+
+
+def test_oracle_crops_pad_or_keep_the_frame(pair_part):
+    image, boxes = pair_part.images[0], pair_part.boxes[0]
+    fill = b.border_colour(image)
+    padded, windows = b.oracle_crops(image, boxes, b.OracleConfig(0.5))
+    assert [c.size for c in padded] == [(32, 32)] * 2 and windows == [
+        b.oracle_box(box, 64, 0.5) for box in boxes]
+    framed, same = b.oracle_crops(image, boxes, b.OracleConfig(0.0, frame=True))
+    assert same == [b.oracle_box(box, 64, 0.0) for box in boxes]
+    pixels = np.asarray(image)
+    for crop, (x0, y0, x1, y1) in zip(framed, same):
+        array = np.asarray(crop)
+        assert crop.size == image.size
+        assert np.array_equal(array[y0:y1, x0:x1], pixels[y0:y1, x0:x1])
+        outside = np.ones(array.shape[:2], bool)
+        outside[y0:y1, x0:x1] = False
+        assert (array[outside] == fill).all()
+    with pytest.raises(ValueError, match="oracle window"):
+        b.OracleConfig(window=1.5)

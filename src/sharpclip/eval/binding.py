@@ -39,7 +39,13 @@ import numpy as np
 from PIL import Image
 
 from sharpclip.data import shapes
-from sharpclip.data.regions import DEFAULT_GRID, RegionGrid, border_colour, crop_padded
+from sharpclip.data.regions import (
+    DEFAULT_GRID,
+    RegionGrid,
+    border_colour,
+    crop_padded,
+    region_crops,
+)
 from sharpclip.eval import retrieval
 from sharpclip.eval.metrics import (
     binding_accuracy,
@@ -59,13 +65,33 @@ from sharpclip.methods.steering import (
 
 DEFAULT_SIZE = 1200
 """Binding scenes (queries) at the default size; the confusion part adds ``2 * size // 3``."""
-ORACLE_WINDOW = 0.5
-"""Oracle crops: a square window around the object's box, at least this share of the image side
-(0: the tight box plus 2 pixels). Chosen on seed 0 (docs/methods/geometry-eval.md)."""
+
+
+@dataclass(frozen=True)
+class OracleConfig:
+    """How ``parts (oracle objects)`` crops an object from its labelled box.
+
+    ``window``: the crop is a square around the box (plus 2 pixels), at least this share of the
+    image side (0: as tight as the box allows). ``frame``: False -- the crop is padded to a square
+    and, like every region, resized to the model's input, so a small window enlarges the object;
+    True -- the window stays where it is on a frame of the image's size painted with the border
+    colour, so the object keeps its size and place (the rest of the scene is blanked out).
+    """
+
+    window: float = 0.5
+    frame: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.window <= 1.0:
+            raise ValueError(f"oracle window must be in [0, 1] (got {self.window!r})")
+
+
+DEFAULT_ORACLE = OracleConfig()
+DEFAULT_REGION_GRID = DEFAULT_GRID
 DEFAULT_PARTS = PartsConfig(shortlist=100, lam=0.5, structure=0.0)
 DEFAULT_STEER = SteerConfig(m=20, beta=0.2, binding_swap=True)
 METHODS = ("plain", "parts", "steer", "parts+steer", "parts (oracle objects)")
-SWEEP_GRIDS = ("whole+2x2+3x3", "whole+halves+2x2", "whole+2x2", "whole+3x3",
+SWEEP_GRIDS = ("whole+2x2+3x3", "whole+halves", "whole+halves+2x2", "whole+2x2", "whole+3x3",
                "whole+halves+2x2+3x3")
 _ALL_LEVELS = "whole+halves+2x2+3x3"
 _OFF_LIST = -10.0  # plain cosines of items the pipeline did not return, shifted below its hits
@@ -161,8 +187,7 @@ def confusion_part(seed: int, size: int, image_size: int = 64,
                 _relevance(queries, query_specs, specs), look_alike)
 
 
-def oracle_box(box: shapes.Box, image_size: int, window: float = ORACLE_WINDOW,
-               margin: int = 2) -> tuple[int, int, int, int]:
+def oracle_box(box: shapes.Box, image_size: int, window: float = 0.5, margin: int = 2) -> tuple[int, int, int, int]:
     """A square window (x0, y0, x1, y1) around an object's box: the box plus ``margin`` pixels,
     widened to at least ``window`` x the image side, centred on the object, shifted into the frame."""
     x0, y0, x1, y1 = box
@@ -172,6 +197,21 @@ def oracle_box(box: shapes.Box, image_size: int, window: float = ORACLE_WINDOW,
     left = int(np.clip(round(cx - side / 2), 0, image_size - side))
     top = int(np.clip(round(cy - side / 2), 0, image_size - side))
     return left, top, left + side, top + side
+
+
+def oracle_crops(image: Image.Image, boxes: Sequence[shapes.Box], oracle: OracleConfig,
+                 fill: tuple[int, int, int] | None = None) -> tuple[list[Image.Image], list]:
+    """(crops, their pixel boxes) of an image's labelled objects, as ``oracle`` says."""
+    fill = border_colour(image) if fill is None else fill
+    windows = [oracle_box(b, image.width, oracle.window) for b in boxes]
+    if not oracle.frame:
+        return [crop_padded(image, w, fill) for w in windows], windows
+    crops = []
+    for window in windows:
+        canvas = Image.new("RGB", image.size, fill)
+        canvas.paste(image.crop(window), window[:2])
+        crops.append(canvas)
+    return crops, windows
 
 
 @dataclass
@@ -216,8 +256,9 @@ def _level_columns(levels: str, grid: str) -> list[int]:
     return [c for w in want for c in range(starts[have.index(w)], starts[have.index(w) + 1])]
 
 
-def encode_part(model, part: Part, levels: str = DEFAULT_GRID, window: float = ORACLE_WINDOW,
-                regions: bool = True, chunk: int = 256) -> Encoded:
+def encode_part(model, part: Part, levels: str = DEFAULT_GRID,
+                oracle: OracleConfig = DEFAULT_ORACLE, regions: bool = True,
+                chunk: int = 256) -> Encoded:
     """Encode a part's gallery: the crops of ``levels`` (the whole image taken from the ``whole``
     level when there is one) and the oracle windows, ``chunk`` images' crops per encoder call.
     ``regions=False``: the whole images only (regions are then computed if a query asks, see
@@ -228,15 +269,16 @@ def encode_part(model, part: Part, levels: str = DEFAULT_GRID, window: float = O
         return Encoded(model.encode_images(part.images), size, "", None, empty, None, None, None)
     grid = RegionGrid(levels)
     grid_boxes = grid.boxes(size, size)
-    oracle = [[oracle_box(b, size, window) for b in drawn] for drawn in part.boxes]
     with_whole = "whole" in levels.split("+")
-    grid_out, oracle_out = [], []
+    grid_out, oracle_out, oracle_windows = [], [], []
     for start in range(0, len(part.images), chunk):
         crops, counts = [], []
-        for image, windows in zip(part.images[start:start + chunk], oracle[start:start + chunk]):
+        for image, drawn in zip(part.images[start:start + chunk], part.boxes[start:start + chunk]):
             fill = border_colour(image)
             crops += [crop_padded(image, box, fill) for box in grid_boxes]
-            crops += [crop_padded(image, box, fill) for box in windows]
+            objects, windows = oracle_crops(image, drawn, oracle, fill)
+            crops += objects
+            oracle_windows.append(windows)
             if not with_whole:
                 crops.append(image)
             counts.append(len(windows))
@@ -259,8 +301,8 @@ def encode_part(model, part: Part, levels: str = DEFAULT_GRID, window: float = O
         whole=np.ascontiguousarray(whole), image_size=size, levels=grid.spec,
         grid_vectors=grid_vectors, grid_boxes=grid_boxes,
         oracle_vectors=np.concatenate(oracle_out),
-        oracle_owner=np.repeat(np.arange(len(oracle)), [len(w) for w in oracle]),
-        oracle_boxes=np.array([b for w in oracle for b in w], np.int64).reshape(-1, 4))
+        oracle_owner=np.repeat(np.arange(len(oracle_windows)), [len(w) for w in oracle_windows]),
+        oracle_boxes=np.array([b for w in oracle_windows for b in w], np.int64).reshape(-1, 4))
 
 
 class OnDemandRegions:
@@ -269,15 +311,16 @@ class OnDemandRegions:
     (then kept), like a collection indexed without ``--regions``. The confusion part's queries
     name one object, so the parts stage skips them and its regions are normally never needed.
 
-    ``boxes(item)``: that item's region boxes in pixels, in part order."""
+    ``crops(item)``: that item's region crops and their pixel boxes, in part order."""
 
-    def __init__(self, whole: np.ndarray, images: Sequence[Image.Image],
-                 boxes: Callable[[int], np.ndarray], encode_images: Callable):
+    def __init__(self, whole: np.ndarray,
+                 crops: Callable[[int], tuple[list[Image.Image], np.ndarray]],
+                 encode_images: Callable):
         from sharpclip.query.gallery import ArrayGallery
 
         self._inner = ArrayGallery(whole)
         self.dim = self._inner.dim
-        self._images, self._boxes, self._encode = images, boxes, encode_images
+        self._crops, self._encode = crops, encode_images
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     @property
@@ -297,11 +340,9 @@ class OnDemandRegions:
         if missing:
             crops, owners = [], []
             for item in missing:
-                image = self._images[item]
-                fill = border_colour(image)
-                boxes = np.asarray(self._boxes(item), np.int64).reshape(-1, 4)
-                crops += [crop_padded(image, box, fill) for box in boxes]
-                owners.append((item, boxes))
+                images, boxes = self._crops(item)
+                crops += images
+                owners.append((item, np.asarray(boxes, np.int64).reshape(-1, 4)))
             vectors, at = self._encode(crops), 0
             for item, boxes in owners:
                 self._cache[item] = (vectors[at:at + len(boxes)], boxes)
@@ -428,21 +469,23 @@ def part_metrics(part: Part, scores: np.ndarray) -> dict[str, float]:
 
 
 def _galleries(encoded: Encoded, grid: str, part: Part, encode_images: Callable,
-               window: float) -> dict:
+               oracle: OracleConfig) -> dict:
     from sharpclip.query.gallery import ArrayGallery
 
     if encoded.grid_vectors is not None:
         return {"grid": ArrayGallery(encoded.whole, regions=encoded.grid_regions(grid)),
                 "oracle": ArrayGallery(encoded.whole, regions=encoded.oracle_regions())}
-    n = encoded.image_size
-    grid_boxes = RegionGrid(grid).boxes(n, n)
+    n, grid = encoded.image_size, RegionGrid(grid)
 
-    def oracle(item: int) -> np.ndarray:
-        return np.array([(0, 0, n, n)] + [oracle_box(b, n, window) for b in part.boxes[item]])
+    def grid_crops(item: int):
+        return region_crops(part.images[item], grid), grid.boxes(n, n)
 
-    return {"grid": OnDemandRegions(encoded.whole, part.images, lambda item: grid_boxes,
-                                    encode_images),
-            "oracle": OnDemandRegions(encoded.whole, part.images, oracle, encode_images)}
+    def oracle_regions(item: int):
+        crops, windows = oracle_crops(part.images[item], part.boxes[item], oracle)
+        return [part.images[item], *crops], np.array([(0, 0, n, n), *windows])
+
+    return {"grid": OnDemandRegions(encoded.whole, grid_crops, encode_images),
+            "oracle": OnDemandRegions(encoded.whole, oracle_regions, encode_images)}
 
 
 def _prefetch(encode: Callable, texts: Sequence[str], values, steer: SteerConfig,
@@ -485,11 +528,11 @@ class Prepared:
     plain: dict[str, np.ndarray]
     timing: dict[str, float]
     encode_images: Callable
-    window: float
+    oracle: OracleConfig
 
 
 def prepare(model, encode: Callable, seed: int, size: int, layout: str, levels: str,
-            confusion_size: int, window: float) -> Prepared:
+            confusion_size: int, oracle: OracleConfig) -> Prepared:
     """Generate both parts, encode their galleries (``levels``) and queries."""
     image_size = model.preprocess.crop_hw[0]
     timing = {}
@@ -498,11 +541,11 @@ def prepare(model, encode: Callable, seed: int, size: int, layout: str, levels: 
              "confusion": confusion_part(seed, confusion_size, image_size)}
     timing["generate"] = time.perf_counter() - start
     start = time.perf_counter()
-    encoded = {"binding": encode_part(model, parts["binding"], levels, window),
+    encoded = {"binding": encode_part(model, parts["binding"], levels, oracle),
                "confusion": encode_part(model, parts["confusion"], regions=False)}
     timing["encode_images"] = time.perf_counter() - start
     plain = {name: encode(part.queries) @ encoded[name].whole.T for name, part in parts.items()}
-    return Prepared(parts, encoded, plain, timing, model.encode_images, window)
+    return Prepared(parts, encoded, plain, timing, model.encode_images, oracle)
 
 
 def evaluate(prepared: Prepared, encode: Callable, values, grid: str, parts: PartsConfig,
@@ -512,7 +555,7 @@ def evaluate(prepared: Prepared, encode: Callable, values, grid: str, parts: Par
     depth = depth or max(parts.shortlist, 10)
     out, diagnostics, timing = {}, {}, {}
     galleries = {name: _galleries(enc, grid, prepared.parts[name], prepared.encode_images,
-                                  prepared.window)
+                                  prepared.oracle)
                  for name, enc in prepared.encoded.items()}
     for method in methods:
         spec = METHOD_SPECS[method]
@@ -531,9 +574,9 @@ def evaluate(prepared: Prepared, encode: Callable, values, grid: str, parts: Par
 
 
 def run_binding(model, seed: int = 0, size: int = DEFAULT_SIZE, layout: str = "varied",
-                grid: str = DEFAULT_GRID, parts: PartsConfig = DEFAULT_PARTS,
+                grid: str = DEFAULT_REGION_GRID, parts: PartsConfig = DEFAULT_PARTS,
                 steer: SteerConfig = DEFAULT_STEER, confusion_size: int | None = None,
-                oracle_window: float = ORACLE_WINDOW, depth: int | None = None,
+                oracle: OracleConfig = DEFAULT_ORACLE, depth: int | None = None,
                 methods: Sequence[str] = METHODS, vocabulary=None) -> dict:
     """Generate, encode and search both parts with every method; returns the results.json
     document (CONTRACT.md schema, plus ``diagnostics``)."""
@@ -548,7 +591,7 @@ def run_binding(model, seed: int = 0, size: int = DEFAULT_SIZE, layout: str = "v
     values = vocabulary_values(vocabulary)
     encode = TextEncoder(model)
     grid = RegionGrid(grid).spec
-    prepared = prepare(model, encode, seed, size, layout, grid, confusion_size, oracle_window)
+    prepared = prepare(model, encode, seed, size, layout, grid, confusion_size, oracle)
     start = time.perf_counter()
     texts = [t for part in prepared.parts.values() for t in part.queries]
     _prefetch(encode, texts, values, steer)
@@ -568,7 +611,7 @@ def run_binding(model, seed: int = 0, size: int = DEFAULT_SIZE, layout: str = "v
                  "relevant_per_query": round(float(binding.relevant.sum(1).mean()), 3),
                  "confusion_relevant_per_query": round(float(confusion.relevant.sum(1).mean()), 3)},
         "grid": grid, "regions_per_image": len(RegionGrid(grid)),
-        "parts": asdict(parts), "steer": asdict(steer), "oracle_window": oracle_window,
+        "parts": asdict(parts), "steer": asdict(steer), "oracle": asdict(oracle),
         "depth": depth or max(parts.shortlist, 10),
     }
     return {"task": "binding", "model": model.fingerprint, "seed": seed, "size": size,
@@ -596,7 +639,8 @@ def to_markdown(result: dict) -> str:
                    f"lam={p['parts']['lam']} g={p['parts']['structure']}, steer "
                    f"m={p['steer']['m']} beta={p['steer']['beta']} "
                    f"binding_swap={str(p['steer']['binding_swap']).lower()}, oracle window "
-                   f"{p['oracle_window']}; confusion@10: lower is better")]
+                   f"{p['oracle']['window']} frame={str(p['oracle']['frame']).lower()}; "
+                   "confusion@10: lower is better")]
     return "\n".join(lines) + "\n"
 
 
@@ -611,23 +655,27 @@ def sweep(model, seed: int = 0, size: int = DEFAULT_SIZE, layout: str = "varied"
           grids: Sequence[str] = SWEEP_GRIDS, lams: Sequence[float] = (0.3, 0.5, 0.7, 0.85, 1.0),
           shortlists: Sequence[int] = (20, 50, 100, 200), structures: Sequence[float] = (0.0, 0.3),
           betas: Sequence[float] = (0.05, 0.1, 0.2, 0.4), ms: Sequence[int] = (5, 10, 20, 50),
-          windows: Sequence[float] = (0.0, 0.5), base_parts: PartsConfig = DEFAULT_PARTS,
-          base_steer: SteerConfig = DEFAULT_STEER, confusion_size: int | None = None,
+          oracles: Sequence[OracleConfig] = (OracleConfig(0.0), OracleConfig(0.5)),
+          base_grid: str = DEFAULT_REGION_GRID, base_parts: PartsConfig = DEFAULT_PARTS,
+          base_steer: SteerConfig = DEFAULT_STEER, joint: Sequence[tuple] = (),
+          confusion_size: int | None = None,
           log: Callable[[str], None] | None = None) -> list[dict]:
-    """One-at-a-time sweep around the defaults; returns one row per setting (method, setting,
-    metrics). Images are encoded once for every level; oracle windows once per window."""
+    """One-at-a-time sweep around ``base_*`` (the grid, lam, K, g for ``parts``; beta, m and the
+    binding swap for ``steer``; the oracle crops), then ``joint`` settings of ``parts+steer``
+    (``(PartsConfig, SteerConfig)`` pairs, on ``base_grid``). Returns one row per setting
+    (method, setting, metrics). Images are encoded once for every grid level, oracle crops once
+    per oracle setting."""
     from sharpclip.query.pipeline import TextEncoder
 
     confusion_size = max(1, 2 * size // 3) if confusion_size is None else confusion_size
     values = vocabulary_values()
     encode = TextEncoder(model)
     prepared = prepare(model, encode, seed, size, layout, _ALL_LEVELS, confusion_size,
-                       windows[0] if windows else ORACLE_WINDOW)
+                       oracles[0] if oracles else DEFAULT_ORACLE)
     texts = [t for part in prepared.parts.values() for t in part.queries]
     steer_configs = [replace(base_steer, beta=b) for b in betas] + \
         [replace(base_steer, m=m) for m in ms]
-    for config in dict.fromkeys([base_steer, *steer_configs]):
-        _prefetch(encode, texts, values, config)
+    _prefetch(encode, texts, values, base_steer)
     rows = []
 
     def record(method, setting, grid, parts, steer, prep=prepared):
@@ -642,37 +690,40 @@ def sweep(model, seed: int = 0, size: int = DEFAULT_SIZE, layout: str = "varied"
         if log:
             log(_row_text(row))
 
-    record("plain", "-", DEFAULT_GRID, base_parts, base_steer)
+    record("plain", "-", base_grid, base_parts, base_steer)
     for grid in grids:
         record("parts", f"grid={grid}", grid, base_parts, base_steer)
     for lam in lams:
-        record("parts", f"lam={lam}", DEFAULT_GRID, replace(base_parts, lam=lam), base_steer)
+        record("parts", f"lam={lam}", base_grid, replace(base_parts, lam=lam), base_steer)
     for k in shortlists:
-        record("parts", f"K={k}", DEFAULT_GRID, replace(base_parts, shortlist=k), base_steer)
+        record("parts", f"K={k}", base_grid, replace(base_parts, shortlist=k), base_steer)
     for g in structures:
-        record("parts", f"g={g}", DEFAULT_GRID, replace(base_parts, structure=g), base_steer)
+        record("parts", f"g={g}", base_grid, replace(base_parts, structure=g), base_steer)
     for config in steer_configs:
-        record("steer", f"beta={config.beta} m={config.m}", DEFAULT_GRID, base_parts, config)
-    record("steer", "binding_swap=false", DEFAULT_GRID, base_parts,
+        record("steer", f"beta={config.beta} m={config.m}", base_grid, base_parts, config)
+    record("steer", "binding_swap=false", base_grid, base_parts,
            replace(base_steer, binding_swap=False))
-    record("parts+steer", "defaults", DEFAULT_GRID, base_parts, base_steer)
-    for i, window in enumerate(windows):
+    for parts, steer in ((base_parts, base_steer), *joint):
+        record("parts+steer", f"lam={parts.lam} K={parts.shortlist} g={parts.structure} "
+               f"beta={steer.beta} m={steer.m}", base_grid, parts, steer)
+    for i, oracle in enumerate(oracles):
         prep = prepared
         if i:
             encoded = {**prepared.encoded, "binding": replace(
-                prepared.encoded["binding"],
-                **_oracle_fields(model, prepared.parts["binding"], window))}
-            prep = replace(prepared, encoded=encoded, window=window)
-        record("parts (oracle objects)", f"window={window}", DEFAULT_GRID, base_parts,
-               base_steer, prep)
+                prepared.encoded["binding"], **_oracle_fields(model, prepared.parts["binding"],
+                                                              oracle))}
+            prep = replace(prepared, encoded=encoded, oracle=oracle)
+        record("parts (oracle objects)", f"window={oracle.window} frame={oracle.frame}",
+               base_grid, base_parts, base_steer, prep)
     return rows
 
 
-def _oracle_fields(model, part: Part, window: float) -> dict:
-    size = part.images[0].width
-    windows = [[oracle_box(b, size, window) for b in drawn] for drawn in part.boxes]
-    crops = [crop_padded(image, box, border_colour(image))
-             for image, boxes in zip(part.images, windows) for box in boxes]
+def _oracle_fields(model, part: Part, oracle: OracleConfig) -> dict:
+    crops, windows = [], []
+    for image, boxes in zip(part.images, part.boxes):
+        objects, placed = oracle_crops(image, boxes, oracle)
+        crops += objects
+        windows.append(placed)
     return {"oracle_vectors": model.encode_images(crops),
             "oracle_owner": np.repeat(np.arange(len(windows)), [len(w) for w in windows]),
             "oracle_boxes": np.array([b for w in windows for b in w], np.int64).reshape(-1, 4)}
