@@ -13,7 +13,9 @@ queries (two-part captions), the latency of ``Collection.search`` per query:
 Goals: parts (stored) / plain <= 3, steer / plain <= 3. Also index time with regions / without,
 and bytes per image on disk.
 
-Run: .venv/bin/python benchmarks/geometry.py [--n 1000] [--queries 30]
+Each mode runs once per round over all queries, modes interleaved; the median round is reported.
+
+Run: .venv/bin/python benchmarks/geometry.py [--n 1000] [--queries 30] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from timing import median_ms
 
 from sharpclip.collection import Collection
 from sharpclip.data import shapes
@@ -56,6 +57,12 @@ def _index_seconds(folder: Path, coll_path: Path, model, regions) -> float:
     return time.perf_counter() - start
 
 
+def _once_ms(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return 1e3 * (time.perf_counter() - start)
+
+
 def _bytes(coll_path: Path) -> int:
     return sum(f.stat().st_size for f in coll_path.rglob("*") if f.is_file())
 
@@ -64,6 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=1000, help="scenes")
     parser.add_argument("--queries", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     model = load_model("bundled")
@@ -73,24 +81,27 @@ def main() -> None:
         plain_s = _index_seconds(tmp / "scenes", tmp / "plain.sc", model, None)
         regions_s = _index_seconds(tmp / "scenes", tmp / "regions.sc", model, RegionGrid())
         queries = captions[:args.queries]
-        timings = {}
-        with Collection.open(tmp / "regions.sc", model) as coll:
-            def each(**options):
+        with Collection.open(tmp / "regions.sc", model) as stored, \
+                Collection.open(tmp / "plain.sc", model) as bare:
+            def each(coll, **options):
                 return lambda: [coll.search(text=q, k=10, **options) for q in queries]
-
-            timings["plain"] = median_ms(each(), 5) / len(queries)
-            timings["parts (stored regions)"] = median_ms(each(rerank="parts"), 5) / len(queries)
-            timings["steer"] = median_ms(each(steer=True), 5) / len(queries)
-            timings["parts+steer"] = median_ms(each(rerank="parts", steer=True), 5) / len(queries)
-        with Collection.open(tmp / "plain.sc", model) as coll:
-            encode = TextEncoder(model)
 
             def on_demand():
                 for q in queries:  # a fresh gallery per query: no region is cached yet
                     run_query(QueryPlan(text=q, k=10, rerank=PartsConfig()),
-                              CollectionGallery(coll), encode)
+                              CollectionGallery(bare), TextEncoder(model))
 
-            timings["parts (regions on demand)"] = median_ms(on_demand, 1) / len(queries)
+            modes = {"plain": each(stored), "parts (stored regions)": each(stored, rerank="parts"),
+                     "steer": each(stored, steer=True),
+                     "parts+steer": each(stored, rerank="parts", steer=True),
+                     "parts (regions on demand)": on_demand}
+            for fn in modes.values():
+                fn()  # warm-up: model, vocabulary, memory maps
+            rounds: dict[str, list[float]] = {name: [] for name in modes}
+            for _ in range(args.rounds):  # interleaved, so that load on the machine hits all alike
+                for name, fn in modes.items():
+                    rounds[name].append(_once_ms(fn))
+            timings = {name: float(np.median(t)) / len(queries) for name, t in rounds.items()}
         sizes = {"plain": _bytes(tmp / "plain.sc") / args.n,
                  "regions": _bytes(tmp / "regions.sc") / args.n}
     print(f"# geometry benchmark, {datetime.date.today()}, {platform.machine()}, "
