@@ -122,9 +122,13 @@ def _cmd_index(args: argparse.Namespace) -> int:
     from sharpclip.data.regions import RegionGrid
 
     limit = {} if args.max_pixels is None else {"max_pixels": args.max_pixels}
+    from sharpclip.methods.calibration import CVEConfig
+
     regions = None if args.regions is None else RegionGrid(args.regions)
+    calibrate = CVEConfig() if args.calibrate else None
     config = IndexConfig(workers=args.workers, batch_size=args.batch_size, draft=args.fast_decode,
-                         progress=not args.quiet and sys.stderr.isatty(), regions=regions, **limit)
+                         progress=not args.quiet and sys.stderr.isatty(), regions=regions,
+                         calibrate=calibrate, **limit)
     with Collection.open_or_create(args.collection, args.model) as coll:
         report = coll.add(args.paths, config=config)
     print(report.summary())
@@ -257,16 +261,21 @@ def _cmd_search(args: argparse.Namespace) -> int:
         raise UsageError("give exactly one query: TEXT, --image FILE or --like PATH")
     if args.condition is not None and args.text is not None:
         raise UsageError("--condition compares images: use it with --image FILE or --like PATH")
-    if (args.rerank or args.steer is not None) and args.text is None:
-        raise UsageError("--rerank and --steer work on text queries: give the query as TEXT")
-    if args.shortlist is not None and not args.rerank:
-        raise UsageError("--shortlist sets how many candidates --rerank re-ranks: add --rerank parts")
+    if (args.rerank or args.steer is not None or args.calibrate) and args.text is None:
+        raise UsageError("--rerank, --steer and --calibrate work on text queries: give the query "
+                         "as TEXT")
+    if args.shortlist is not None and not (args.rerank or args.calibrate):
+        raise UsageError("--shortlist sets how many candidates --rerank/--calibrate re-rank: add "
+                         "--rerank parts or --calibrate")
+    if args.captions is not None and not args.calibrate:
+        raise UsageError("--captions is for --calibrate")
     steer = None if args.steer is None else (True if args.steer == "" else args.steer)
     with Collection.open(args.collection, args.model) as coll:
         result = coll.search(text=args.text, image=args.image, like=args.like, k=args.k,
                              exact=args.exact or None, condition=args.condition,
                              concepts=args.concepts, rerank=args.rerank, steer=steer,
-                             shortlist=args.shortlist)
+                             shortlist=args.shortlist, calibrate=args.calibrate or None,
+                             captions=args.captions)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
         return 0
@@ -287,6 +296,9 @@ def _query_notes(query: dict) -> list[str]:
         used = "steered" if detail.get("used") else "no direction (its neighbours were the same)"
         notes.append(f"steer: {detail['condition']} {detail['value']!r} vs "
                      f"{detail['confuser']!r}: {used}")
+    masked = query.get("calibrate", {}).get("masked_tokens")
+    if masked is not None:
+        notes.append(f"calibrate: masked the general tokens {masked}")
     parts = query.get("parts")
     if parts and "skipped" in parts:
         notes.append(f"rerank parts: skipped, {parts['skipped']}")
@@ -303,6 +315,9 @@ def _why_lines(why: dict) -> list[str]:
         if stage == "steer":
             moved = "; ".join(f"{c} {v} vs {w}" for c, v, w in value["attributes"]) or "nothing"
             lines.append(f"steer {value['score']:.4f} (beta {value['beta']:g}: {moved})")
+        elif stage == "calibrate":
+            lines.append(f"calibrate {value['score']:.4f} (query {value['query']:.4f}, masked "
+                         f"query {value['discriminative']:.4f})")
         elif isinstance(value, dict):  # parts: the score, then each phrase's matched region
             lines.append(f"{stage} {value['score']:.4f} (alignment {value['alignment']:.4f})")
             for match in value.get("matches", []):
@@ -342,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also store region crops for --rerank parts (default grid "
                    f"{DEFAULT_GRID}; levels whole, halves, 2x2, 3x3 joined by +); added to the "
                    "stored items that lack them without re-embedding their images")
+    p.add_argument("--calibrate", action="store_true",
+                   help="also store CVE's calibrated embedding (for search --calibrate); added to "
+                   "the stored items that lack it without re-embedding their images")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_index)
 
@@ -367,6 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steer", nargs="?", const="", default=None, metavar="ATTR=VALUE",
                    help="steer the query toward the attribute values it names (or the one given, "
                    "e.g. colour=red) and away from their confusers")
+    p.add_argument("--calibrate", action="store_true",
+                   help="search the calibrated vectors (index --calibrate) and re-rank by masking "
+                   "the query's general tokens (CalibCLIP)")
+    p.add_argument("--captions", default=None,
+                   help="--calibrate: a text file of captions (one per line) to count how general "
+                   "each word is (default: the concept vocabulary's prompts)")
     p.add_argument("--why", action="store_true", help="show each hit's per-stage scores")
     p.add_argument("--model", default=None, help="must be the collection's model (checked)")
     p.add_argument("--json", action="store_true", help="print one JSON document")

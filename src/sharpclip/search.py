@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sharpclip.methods.calibration import DCCConfig
 from sharpclip.methods.parts import PartsConfig
 from sharpclip.methods.steering import SteerConfig, parse_steer
 from sharpclip.query.gallery import CollectionGallery
@@ -76,13 +77,17 @@ def _steer_plan(steer, values) -> tuple[SteerConfig | None, tuple[tuple[str, str
 def search(coll, text: str | None = None, image=None, like=None, k: int = 20,
            exact: bool | None = None, condition: str | None = None,
            concepts: str | os.PathLike | None = None, rerank=None, steer=None,
-           shortlist: int | None = None) -> SearchResult:
+           shortlist: int | None = None, calibrate=None,
+           captions: str | os.PathLike | None = None) -> SearchResult:
     """Top-``k`` live items for a text, an image (file or PIL) or an indexed item (``like``).
 
     ``condition`` (image queries) compares images only in that condition (METHODS.md §1);
     ``rerank="parts"`` re-ranks a shortlist of ``shortlist`` (default 100) by part matching
     (§2a); ``steer`` True (attributes found in the text), ``"colour=red"`` or a SteerConfig
-    steers a text query (§2b). ``exact`` True forces the exact scan.
+    steers a text query (§2b). ``calibrate`` True (or a DCCConfig) searches the calibrated
+    vectors and re-ranks the shortlist by DCC (§3), with token generality counted over
+    ``captions`` (a file, one per line) or the concept vocabulary's prompts. ``exact`` True forces
+    the exact scan.
     """
     values = vocabulary_values(concepts) if steer not in (None, False) else {}
     steer_config, attributes = _steer_plan(steer, values)
@@ -106,12 +111,24 @@ def search(coll, text: str | None = None, image=None, like=None, k: int = 20,
             described["image"] = "<in-memory image>"
     else:
         described["text"] = text
+    dcc = None
+    if calibrate not in (None, False):
+        dcc = calibrate if isinstance(calibrate, DCCConfig) else DCCConfig()
+        if shortlist is not None:
+            dcc = DCCConfig(fraction=dcc.fraction, lam=dcc.lam, shortlist=shortlist)
+        coll.snapshot("calibrated")  # no calibrated set: one line with the fix
     plan = QueryPlan(text=text, image=image, vector=vector, k=k, condition=condition, exact=exact,
                      steer=steer_config, steer_attributes=attributes,
-                     rerank=_rerank_config(rerank, shortlist))
+                     rerank=_rerank_config(rerank, shortlist), calibrate=dcc)
     gallery = CollectionGallery(coll, concepts=concepts)
+    discriminative = None
+    if dcc is not None:
+        from sharpclip.query.calibration import DiscriminativeText, reference_corpus
+
+        discriminative = DiscriminativeText(coll.model, reference_corpus(concepts, captions), dcc)
     result = run_query(plan, gallery, TextEncoder(coll.model), values,
-                       encode_image=lambda im: coll.model.encode_images([im])[0])
+                       encode_image=lambda im: coll.model.encode_images([im])[0],
+                       discriminative=discriminative)
     if condition is not None:
         described["condition"] = condition
     else:

@@ -75,7 +75,16 @@ def decode(job: Job) -> Decoded:
         image = imagefiles.load_rgb(path, max_pixels=_WORKER["max_pixels"],
                                     draft_size=_WORKER["draft_size"])
         preprocess = _WORKER["preprocess"]
-        pixels = {name: _WORKER["stages"][name].prepare(image, preprocess) for name in job.stages}
+        pixels = {}
+        for name in job.stages:
+            stage = _WORKER["stages"][name]
+            shared = getattr(stage, "same_pixels_as", None)
+            if shared in job.stages:  # the same array: prepared once, sent once (pickle shares it)
+                pixels[name] = pixels.get(shared)
+                if pixels[name] is None:
+                    pixels[name] = pixels[shared] = _WORKER["stages"][shared].prepare(image, preprocess)
+            else:
+                pixels[name] = stage.prepare(image, preprocess)
         digest = imagefiles.content_hash(path)
     except ImageFileError as error:
         return Decoded(path, None, size, mtime_ns, reason=error.reason, error=str(error))

@@ -16,8 +16,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from sharpclip.data.imagefiles import (
     DEFAULT_MAX_PIXELS,
     content_hash,
@@ -27,8 +25,15 @@ from sharpclip.data.imagefiles import (
 )
 from sharpclip.data.regions import RegionGrid
 from sharpclip.ingest.decode import Decoded, Job, decoded_stream
-from sharpclip.ingest.stages import stages_for
-from sharpclip.store.collection import IMAGE_SET, Collection, ItemUpdate
+from sharpclip.ingest.stages import embed, stages_for
+from sharpclip.methods.calibration import CVEConfig
+from sharpclip.store.collection import (
+    CALIBRATED_SET,
+    IMAGE_SET,
+    REGIONS_SET,
+    Collection,
+    ItemUpdate,
+)
 
 BUNDLED_PHOTO_SIDE = 128  # images larger than this are not Shapes scenes (the bundled model's)
 BUNDLED_NOTE = (
@@ -42,7 +47,8 @@ BUNDLED_NOTE = (
 class IndexConfig:
     """How to index. ``workers`` 0 decodes in this process; ``draft`` decodes JPEGs at reduced scale
     (faster, but no longer pixel-identical to the checkpoint's own processor); ``regions`` adds
-    the region crops of that grid as the ``regions`` vector set (kept for new files after)."""
+    the region crops of that grid as the ``regions`` vector set, ``calibrate`` CVE's calibrated
+    embedding as the ``calibrated`` set (each kept for new files after)."""
 
     workers: int = 1
     batch_size: int = 32
@@ -51,6 +57,7 @@ class IndexConfig:
     prefetch: int = 128  # decoded images waiting for the model, at most
     progress: bool = True
     regions: RegionGrid | None = None
+    calibrate: CVEConfig | None = None
 
     def __post_init__(self) -> None:
         for name, low in (("workers", 0), ("batch_size", 1), ("max_pixels", 1), ("prefetch", 1)):
@@ -78,7 +85,7 @@ class IndexReport:
     def summary(self) -> str:
         """One line for the end of a run."""
         rate = self.embedded / self.seconds if self.seconds > 0 else 0.0
-        completed = f", {self.completed} given regions" if self.completed else ""
+        completed = f", {self.completed} given the sets they lacked" if self.completed else ""
         return (f"indexed {self.new} new, {self.changed} changed, {self.moved} moved, "
                 f"{self.removed} removed, {self.unchanged} unchanged{completed}, {self.failed} "
                 f"failed in {self.seconds:.1f}s ({rate:.0f} images/s)")
@@ -139,11 +146,11 @@ def index_paths(coll: Collection, paths: Iterable[str | os.PathLike],
         for decoded in stream:
             batch.append(decoded)
             if sum(bool(d.pixels) for d in batch) >= config.batch_size:
-                _commit_batch(coll, model, batch, known, report)
+                _commit_batch(coll, model, stages, batch, known, report)
                 bar.update(len(batch))
                 batch = []
         if batch:
-            _commit_batch(coll, model, batch, known, report)
+            _commit_batch(coll, model, stages, batch, known, report)
             bar.update(len(batch))
         bar.close()
         coll.sync_index(progress=config.progress)
@@ -153,14 +160,16 @@ def index_paths(coll: Collection, paths: Iterable[str | os.PathLike],
 
 def _configured_stages(coll: Collection, config: IndexConfig) -> tuple:
     """The run's stages: those asked for, and every set the collection already holds (so that a
-    collection with regions keeps them complete for new files)."""
-    from sharpclip.store.collection import REGIONS_SET
-
+    collection with regions or calibrated vectors keeps them complete for new files)."""
     stored = coll.vector_set(REGIONS_SET)
     grid = config.regions
     if stored is not None and grid is None:
         grid = RegionGrid(stored.params["grid"])
-    stages = stages_for(grid)
+    calibrated = coll.vector_set(CALIBRATED_SET)
+    cve = config.calibrate
+    if calibrated is not None and cve is None:
+        cve = CVEConfig(**{k: v for k, v in calibrated.params.items() if k != "method"})
+    stages = stages_for(grid, cve)
     for stage in stages:
         if stage.name != IMAGE_SET:
             coll.add_vector_set(stage.name, coll.info.dim, stage.params())
@@ -213,10 +222,10 @@ def _recognise_moves(coll: Collection, todo: list[str], known: dict, gone: dict,
     return rest
 
 
-def _commit_batch(coll: Collection, model, batch: list[Decoded], known: dict,
+def _commit_batch(coll: Collection, model, stages: tuple, batch: list[Decoded], known: dict,
                   report: IndexReport) -> None:
-    """Embed every stage's pixels of ``batch`` in one pass through the image tower and commit
-    the items with all their sets together."""
+    """Embed every stage's pixels of ``batch`` (see :func:`~sharpclip.ingest.stages.embed`) and
+    commit the items with all their sets together."""
     updates, arrays = [], {}  # arrays: set name -> list of pixel arrays, in batch order
     counts = {}
 
@@ -260,23 +269,9 @@ def _commit_batch(coll: Collection, model, batch: list[Decoded], known: dict,
             report.new += 1
         else:
             report.changed += 1
-    vectors = _embed(model, arrays)
+    vectors = embed(model, {stage.name: stage for stage in stages}, arrays)
     coll.commit(updates, vectors)
     report.embedded += counts.get(IMAGE_SET, 0)
     photo = any(max(d.width or 0, d.height or 0) > BUNDLED_PHOTO_SIDE for d in batch)
     if photo and coll.info.model == "bundled" and BUNDLED_NOTE not in report.notes:
         report.notes.append(BUNDLED_NOTE)
-
-
-def _embed(model, arrays: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
-    """One pass through the image tower for the pixels of every set, split back per set."""
-    names = [name for name, parts in arrays.items() if parts]
-    if not names:
-        return {}
-    stacked = [np.concatenate(arrays[name]) for name in names]
-    sizes = [len(a) for a in stacked]
-    pixels = np.concatenate(stacked) if len(stacked) > 1 else stacked[0]
-    step = max(model.batch_size, 1)
-    vectors = np.concatenate([model.encode_pixels(pixels[i:i + step])
-                              for i in range(0, len(pixels), step)])
-    return dict(zip(names, np.split(vectors, np.cumsum(sizes)[:-1])))

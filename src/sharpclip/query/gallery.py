@@ -29,12 +29,14 @@ class Gallery(Protocol):
     dim: int
 
     def nearest(self, query: np.ndarray, k: int, condition: str | None = None,
-                exact: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, item ids) of the ``k`` items most similar to ``query`` (d,), descending;
-        under a ``condition``, compared in that condition's subspace (METHODS.md §1)."""
+                exact: bool | None = None,
+                vector_set: str = "image") -> tuple[np.ndarray, np.ndarray]:
+        """(scores, item ids) of the ``k`` items whose ``vector_set`` vector is most similar to
+        ``query`` (d,), descending; under a ``condition``, compared in that condition's subspace
+        (METHODS.md §1)."""
 
-    def vectors(self, ids: np.ndarray) -> np.ndarray:
-        """The whole-image vectors (len(ids), d) of items ``ids``."""
+    def vectors(self, ids: np.ndarray, vector_set: str = "image") -> np.ndarray:
+        """The one-per-item vectors (len(ids), d) of items ``ids`` in ``vector_set``."""
 
     def regions(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(region vectors (M, d), owner (M,) index into ``ids``, boxes (M, 4) in pixels) of items
@@ -49,11 +51,14 @@ class ArrayGallery:
     """A gallery of in-memory arrays: item ``i`` is row ``i`` of ``vectors``.
 
     ``regions`` is (vectors (M, d), owner (M,) item id, boxes (M, 4)), rows of one item contiguous;
-    ``conditions`` maps a condition name to (W, projected gallery) for conditional candidates.
+    ``conditions`` maps a condition name to (W, projected gallery) for conditional candidates;
+    ``sets`` maps other one-per-item vector sets (``calibrated``) to their (N, d) arrays.
     """
 
-    def __init__(self, vectors: np.ndarray, regions=None, conditions=None):
+    def __init__(self, vectors: np.ndarray, regions=None, conditions=None, sets=None):
         self._vectors = np.asarray(vectors, dtype=np.float32)
+        self._sets = {"image": self._vectors,
+                      **{k: np.asarray(v, np.float32) for k, v in (sets or {}).items()}}
         self.dim = self._vectors.shape[1]
         self._conditions = dict(conditions or {})
         self._regions = None
@@ -64,18 +69,23 @@ class ArrayGallery:
             starts = np.searchsorted(owner, np.arange(len(self._vectors) + 1))
             self._regions = (vecs[order].astype(np.float32), starts, boxes[order].astype(np.int64))
 
-    def nearest(self, query, k, condition=None, exact=None):
+    def _set(self, name: str) -> np.ndarray:
+        if name not in self._sets:
+            raise ValueError(f"this gallery has no {name!r} vectors")
+        return self._sets[name]
+
+    def nearest(self, query, k, condition=None, exact=None, vector_set="image"):
         if condition is not None:
             if condition not in self._conditions:
                 raise ValueError(f"this gallery has no projection for condition {condition!r}")
             W, projected = self._conditions[condition]
             scores, ids = exact_topk(projected, project(np.asarray(query)[None], W), k)
         else:
-            scores, ids = exact_topk(self._vectors, np.asarray(query, np.float32)[None], k)
+            scores, ids = exact_topk(self._set(vector_set), np.asarray(query, np.float32)[None], k)
         return scores[0], ids[0]
 
-    def vectors(self, ids):
-        return self._vectors[_as_ids(ids)]
+    def vectors(self, ids, vector_set="image"):
+        return self._set(vector_set)[_as_ids(ids)]
 
     def regions(self, ids):
         ids = _as_ids(ids)
@@ -116,7 +126,7 @@ class CollectionGallery:
         at = np.searchsorted(snap.live_rows, rows)
         return snap.live_ids[np.minimum(at, max(len(snap.live_ids) - 1, 0))]
 
-    def nearest(self, query, k, condition=None, exact=None):
+    def nearest(self, query, k, condition=None, exact=None, vector_set="image"):
         from sharpclip.query.condition import condition_candidates
 
         coll = self.coll
@@ -126,9 +136,9 @@ class CollectionGallery:
             if condition is not None:
                 scores, rows = condition_candidates(coll, query, condition, n, self._concepts)
             else:
-                scores, rows = coll.nearest(query[None, :], n, exact=exact)
+                scores, rows = coll.nearest(query[None, :], n, exact=exact, vector_set=vector_set)
                 scores, rows = scores[0], rows[0]
-            intact = coll.intact_rows(rows)
+            intact = coll.intact_rows(rows, vector_set)
             if intact.all() or intact.sum() >= k or len(rows) < n or n >= 64 * k:
                 break
             n *= 4
@@ -137,18 +147,18 @@ class CollectionGallery:
                            "`sharpclip check -c %s --repair`", coll.path, int((~intact).sum()),
                            coll.path)
         scores, rows = scores[intact][:k], rows[intact][:k]
-        return scores, self._rows_to_ids(rows, "image")
+        return scores, self._rows_to_ids(rows, vector_set)
 
-    def vectors(self, ids):
+    def vectors(self, ids, vector_set="image"):
         coll = self.coll
-        starts, counts = coll.rows_for_items("image", _as_ids(ids))
+        starts, counts = coll.rows_for_items(vector_set, _as_ids(ids))
         if (counts == 0).any():
-            raise ValueError(f"{coll.path}: item(s) {_as_ids(ids)[counts == 0].tolist()} are not "
-                             "indexed (removed or failed since the search began)")
-        if not coll.intact_rows(starts).all():
+            raise ValueError(f"{coll.path}: item(s) {_as_ids(ids)[counts == 0].tolist()} have no "
+                             f"{vector_set!r} vector (removed, failed or not yet indexed with it)")
+        if not coll.intact_rows(starts, vector_set).all():
             raise ValueError(f"{coll.path}: a stored vector changed on disk (checksum mismatch); "
                              f"run `sharpclip check -c {coll.path} --repair`")
-        return np.asarray(coll.read_vectors()[1][starts])
+        return np.asarray(coll.read_vectors(vector_set)[1][starts])
 
     def regions(self, ids):
         from sharpclip.store.collection import REGIONS_SET, DamagedCollectionError

@@ -1,5 +1,7 @@
 """The query pipeline: encode the query -> rewrite (steering) -> candidates (a shortlist of K when
-a re-ranker follows) -> refine (part re-ranking) -> the top ``k`` hits, each with its ``why``.
+a re-ranker follows; from the calibrated vectors when calibrating) -> refine (calibration's DCC,
+then part re-ranking, which fuses with the score before it) -> the top ``k`` hits, each with its
+``why``.
 
 The one place that wires a gallery (``query.gallery``: a collection on disk or arrays in memory)
 to the methods (``methods/``: pure array maths). Each stage is a small frozen object with one
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sharpclip.methods.calibration import DCCConfig, dcc_scores
 from sharpclip.methods.parts import PartsConfig, query_parts, rerank_parts
 from sharpclip.methods.steering import Attribute, SteerConfig, steer_query
 from sharpclip.query.gallery import Gallery
@@ -58,6 +61,7 @@ class QueryPlan:
     steer: SteerConfig | None = None
     steer_attributes: tuple[tuple[str, str], ...] = ()  # given (condition, value); else found
     rerank: PartsConfig | None = None
+    calibrate: DCCConfig | None = None
 
     def __post_init__(self) -> None:
         given = sum(x is not None for x in (self.text, self.image, self.vector))
@@ -67,15 +71,18 @@ class QueryPlan:
             raise QueryError(f"k must be a whole number >= 1 (got {self.k!r})")
         if self.text is not None and not any(c.isalnum() for c in self.text):
             raise QueryError(f"the text query {self.text!r} has no words: type what to look for")
-        if self.text is None and (self.steer is not None or self.rerank is not None):
-            raise QueryError("--steer and --rerank parts work on text queries; give the query as text")
+        if self.text is None and (self.steer is not None or self.rerank is not None
+                                  or self.calibrate is not None):
+            raise QueryError("--steer, --rerank parts and --calibrate work on text queries; give "
+                             "the query as text")
         if self.condition is not None and self.text is not None:
             raise QueryError("--condition compares images: use it with --image or --like")
 
     @property
     def shortlist(self) -> int:
         """How many candidates the candidates stage fetches: K when a re-ranker follows."""
-        return max(self.k, self.rerank.shortlist) if self.rerank is not None else self.k
+        wanted = [r.shortlist for r in (self.rerank, self.calibrate) if r is not None]
+        return max([self.k, *wanted])
 
 
 @dataclass
@@ -164,13 +171,35 @@ class PartRerank:
                          "lam": self.config.lam, "structure": self.config.structure}
 
 
+@dataclass(frozen=True)
+class Calibrate:
+    """Refine stage: DCC's fused re-ranking of the shortlist against the calibrated vectors
+    (METHODS.md §3b); the query's general tokens are masked by ``discriminative``."""
+
+    config: DCCConfig
+
+    def refine(self, text: str, query: np.ndarray, candidates: Candidates, gallery: Gallery,
+               discriminative: Callable) -> tuple[Candidates, dict]:
+        disc, masked = discriminative([text])
+        v_hat = gallery.vectors(candidates.ids, "calibrated")
+        scores = dcc_scores(query, disc[0], v_hat, self.config.lam)
+        plain, discriminating = v_hat @ query, v_hat @ disc[0]
+        why = [{**w, "calibrate": {"score": round(float(f), 6), "query": round(float(a), 6),
+                                   "discriminative": round(float(b), 6)}}
+               for w, f, a, b in zip(candidates.why, scores, plain, discriminating)]
+        return Candidates(candidates.ids, scores, why), {"masked_tokens": masked[0],
+                                                        "lam": self.config.lam}
+
+
 def run_query(plan: QueryPlan, gallery: Gallery, encode: Callable[[Sequence[str]], np.ndarray],
               values: Mapping[str, Sequence[str]] | None = None,
-              encode_image: Callable | None = None) -> QueryResult:
+              encode_image: Callable | None = None,
+              discriminative: Callable | None = None) -> QueryResult:
     """Run ``plan`` over ``gallery``: the stages of the module docstring, in order.
 
     ``encode`` maps texts to unit vectors (a :class:`TextEncoder`); ``encode_image`` a PIL image to
-    one; ``values`` is the concept vocabulary's ``{condition: values}`` (needed by steering).
+    one; ``values`` is the concept vocabulary's ``{condition: values}`` (needed by steering);
+    ``discriminative`` maps texts to DCC's masked re-encodings (needed by calibration).
     """
     timing: dict[str, float] = {}
     details: dict = {}
@@ -195,17 +224,26 @@ def run_query(plan: QueryPlan, gallery: Gallery, encode: Callable[[Sequence[str]
         query, details["steer"] = Steer(plan.steer, plan.steer_attributes).rewrite(
             plan.text, query, gallery, encode, values or {})
         lap("steer")
-    scores, ids = gallery.nearest(query, plan.shortlist, condition=plan.condition, exact=plan.exact)
+    vector_set = "calibrated" if plan.calibrate is not None else "image"
+    scores, ids = gallery.nearest(query, plan.shortlist, condition=plan.condition, exact=plan.exact,
+                                  vector_set=vector_set)
     if plan.steer is not None:  # the steered score, and what steered it
         used = [(d["condition"], d["value"], d["confuser"]) for d in details["steer"]["attributes"]
                 if d.get("used")]
         why = [{"steer": {"score": round(float(s), 6), "beta": plan.steer.beta,
                           "attributes": [list(u) for u in used]}} for s in scores]
     else:
-        stage = "condition" if plan.condition is not None else "plain"
+        stage = ("condition" if plan.condition is not None
+                 else "calibrated" if plan.calibrate is not None else "plain")
         why = [{stage: round(float(s), 6)} for s in scores]
     candidates = Candidates(ids, scores.astype(np.float64), why)
     lap("candidates")
+    if plan.calibrate is not None and len(candidates.ids):
+        if discriminative is None:
+            raise QueryError("calibration needs DCC's text encoder (a DiscriminativeText)")
+        candidates, details["calibrate"] = Calibrate(plan.calibrate).refine(
+            plan.text, query, candidates, gallery, discriminative)
+        lap("calibrate")
     if plan.rerank is not None and len(candidates.ids):
         candidates, details["parts"] = PartRerank(plan.rerank).refine(plan.text, candidates,
                                                                       gallery, encode)

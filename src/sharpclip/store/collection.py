@@ -60,6 +60,7 @@ SCHEMA_VERSION = schema.SCHEMA_VERSION
 DB_NAME = COLLECTION_MARKER  # find_images skips folders holding it
 IMAGE_SET = "image"  # one vector per embedded item: the whole image
 REGIONS_SET = "regions"  # several per item: region crops (METHODS.md §2a)
+CALIBRATED_SET = "calibrated"  # one per item: CVE's calibrated embedding (METHODS.md §3a)
 VECTORS_LOST = "vectors_lost"  # items.reason of an item whose stored vector was lost
 
 
@@ -385,9 +386,11 @@ class Collection:
         return self._snaps[name]
 
     def _no_set_message(self, name: str) -> str:
-        if name == REGIONS_SET:
-            return (f"{self.path} has no region vectors; add them with "
-                    f"`sharpclip index FOLDER... -c {self.path} --regions`")
+        if name in (REGIONS_SET, CALIBRATED_SET):
+            what, flag = (("region", "--regions") if name == REGIONS_SET
+                          else ("calibrated", "--calibrate"))
+            return (f"{self.path} has no {what} vectors; add them with "
+                    f"`sharpclip index FOLDER... -c {self.path} {flag}`")
         return f"{self.path} has no vector set {name!r}"
 
     def vector_set(self, name: str) -> VectorSet | None:
