@@ -8,7 +8,7 @@ seeds 1 and 2. Without ``--sweep`` it runs ``run_binding`` with the defaults and
 
 Run: .venv/bin/python benchmarks/binding_sweep.py --sweep [--seed 0] [--size 1200]
      .venv/bin/python benchmarks/binding_sweep.py --sweep --grid whole+halves+2x2 --grids "" \\
-         --lams 0.5,0.7,1.0 --joint "0.7:100:0.0:0.1:20,0.7:100:0.0:0.2:50"
+         --lams 0.5,0.7,1.0 --joint "0.7:100:0.0:0.1:20,0.7:100:0.0:0.2:50" --oracles 0.5:0
      .venv/bin/python benchmarks/binding_sweep.py --seed 1 --layout fixed [--out DIR]
 (lists are comma-separated; an empty list skips that part; --joint items are lam:K:g:beta:m;
 oracle items are window:frame, e.g. 0.5:0,0:1)
@@ -61,15 +61,11 @@ def main() -> None:
     parser.add_argument("--structure", type=float, default=d[0].structure)
     parser.add_argument("--beta", type=float, default=d[1].beta)
     parser.add_argument("--m", type=int, default=d[1].m)
-    parser.add_argument("--grids", type=_list(str), default=list(binding.SWEEP_GRIDS))
-    parser.add_argument("--lams", type=_list(float), default=[0.3, 0.5, 0.7, 0.85, 1.0])
-    parser.add_argument("--shortlists", type=_list(int), default=[20, 50, 100, 200])
-    parser.add_argument("--structures", type=_list(float), default=[0.0, 0.3])
-    parser.add_argument("--betas", type=_list(float), default=[0.05, 0.1, 0.2, 0.4])
-    parser.add_argument("--ms", type=_list(int), default=[5, 10, 20, 50])
-    parser.add_argument("--oracles", type=_oracles, default=[binding.OracleConfig(0.0),
-                                                           binding.OracleConfig(0.5)])
-    parser.add_argument("--joint", type=_joint, default=[])
+    for name, kind in (("--grids", _list(str)), ("--lams", _list(float)),
+                       ("--shortlists", _list(int)), ("--structures", _list(float)),
+                       ("--betas", _list(float)), ("--ms", _list(int)), ("--oracles", _oracles),
+                       ("--joint", _joint)):
+        parser.add_argument(name, type=kind, default=None, help="default: binding.sweep's")
     args = parser.parse_args()
     model = load_model(args.model)
     print(f"# {datetime.date.today()} {platform.machine()} {platform.python_version()}, "
@@ -82,12 +78,11 @@ def main() -> None:
         steer = SteerConfig(m=args.m, beta=args.beta)
         print(f"# base: grid {args.grid}, {parts}, {steer}")
         print(binding.sweep_table([]), end="")
+        lists = {k: v for k, v in vars(args).items() if v is not None and k in (
+            "grids", "lams", "shortlists", "structures", "betas", "ms", "oracles", "joint")}
         rows = binding.sweep(model, seed=args.seed, size=args.size, layout=args.layout,
-                             grids=args.grids, lams=args.lams, shortlists=args.shortlists,
-                             structures=args.structures, betas=args.betas, ms=args.ms,
-                             oracles=args.oracles, base_grid=args.grid, base_parts=parts,
-                             base_steer=steer, joint=args.joint,
-                             log=lambda line: print(line, flush=True))
+                             base_grid=args.grid, base_parts=parts, base_steer=steer,
+                             log=lambda line: print(line, flush=True), **lists)
         if args.out:
             with open(args.out, "w") as handle:
                 json.dump(rows, handle, indent=1)

@@ -24,9 +24,11 @@ Methods: ``plain`` (cosine), ``parts`` (part re-ranking over the region grid's c
 ``steer`` (local steering, §2b), ``parts+steer``, and ``parts (oracle objects)`` (regions = the
 whole image + a window around each object's labelled box: the paper's annotated parts).
 
-Rankings: the pipeline returns its top ``depth`` (default the shortlist K); the gallery items it
-did not return follow in plain-cosine order, so mAP and binding accuracy are defined on the whole
-gallery (a relevant item below the top K adds under 1/K to an AP).
+Rankings cover the whole gallery, as the pipeline orders it: a plan without re-ranking asks for
+every item (``k`` = the gallery size); a re-ranking plan returns its re-ranked shortlist of K, and
+the items below it follow in the order of the same plan without the re-ranker (plain or steered
+cosine) -- what paging past the shortlist would show. So mAP and binding accuracy are defined for
+every query, and a method's figures do not depend on how many hits another method returned.
 """
 
 from __future__ import annotations
@@ -86,15 +88,18 @@ class OracleConfig:
             raise ValueError(f"oracle window must be in [0, 1] (got {self.window!r})")
 
 
-DEFAULT_ORACLE = OracleConfig()
-DEFAULT_REGION_GRID = DEFAULT_GRID
-DEFAULT_PARTS = PartsConfig(shortlist=100, lam=0.5, structure=0.0)
+# The defaults of this benchmark, chosen by the sweep on seed 0 (docs/methods/geometry-eval.md):
+# regions that keep the objects' scale (halves, padded to a square) beat the product grid's
+# 2x2/3x3 windows, which the model sees enlarged; K = 300 because plain cosine ranks the scene
+# low (plain R@10 ~ 0.41 on the varied layout); structure off; steering at the paper's values.
+DEFAULT_REGION_GRID = "whole+halves"
+DEFAULT_PARTS = PartsConfig(shortlist=300, lam=0.85, structure=0.0)
 DEFAULT_STEER = SteerConfig(m=20, beta=0.2, binding_swap=True)
+DEFAULT_ORACLE = OracleConfig(window=0.0, frame=True)
 METHODS = ("plain", "parts", "steer", "parts+steer", "parts (oracle objects)")
 SWEEP_GRIDS = ("whole+2x2+3x3", "whole+halves", "whole+halves+2x2", "whole+2x2", "whole+3x3",
                "whole+halves+2x2+3x3")
 _ALL_LEVELS = "whole+halves+2x2+3x3"
-_OFF_LIST = -10.0  # plain cosines of items the pipeline did not return, shifted below its hits
 
 
 @dataclass
@@ -328,11 +333,11 @@ class OnDemandRegions:
         """Items whose regions were encoded on demand."""
         return len(self._cache)
 
-    def nearest(self, query, k, condition=None, exact=None):
-        return self._inner.nearest(query, k, condition, exact)
+    def nearest(self, query, k, *args, **kwargs):
+        return self._inner.nearest(query, k, *args, **kwargs)
 
-    def vectors(self, ids):
-        return self._inner.vectors(ids)
+    def vectors(self, ids, *args, **kwargs):
+        return self._inner.vectors(ids, *args, **kwargs)
 
     def regions(self, ids):
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
@@ -393,11 +398,10 @@ METHOD_SPECS = {
 }
 
 
-def _full_ranking(ids: np.ndarray, plain_scores: np.ndarray) -> np.ndarray:
-    """Scores over the whole gallery: the pipeline's hits in its order, then the rest by plain
-    cosine."""
-    scores = plain_scores.astype(np.float64) + _OFF_LIST
-    scores[ids] = len(ids) - np.arange(len(ids), dtype=np.float64)
+def _rank_scores(order: np.ndarray) -> np.ndarray:
+    """Scores that reproduce a ranking of the whole gallery (``order``: every item id once)."""
+    scores = np.empty(len(order), np.float64)
+    scores[order] = len(order) - np.arange(len(order), dtype=np.float64)
     return scores
 
 
@@ -412,23 +416,32 @@ def _steer_details(details: list[dict]) -> dict:
 
 
 def run_method(part: Part, gallery, encode: Callable, values: Mapping[str, Sequence[str]],
-               plain_scores: np.ndarray, spec: MethodSpec, parts: PartsConfig,
-               steer: SteerConfig, depth: int) -> tuple[dict, dict]:
-    """Every query of ``part`` through :func:`~sharpclip.query.pipeline.run_query`; returns
-    (metrics, diagnostics)."""
+               spec: MethodSpec, parts: PartsConfig, steer: SteerConfig) -> tuple[dict, dict]:
+    """Every query of ``part`` through :func:`~sharpclip.query.pipeline.run_query` (rankings as
+    in the module docstring); returns (metrics, diagnostics)."""
     from sharpclip.query.pipeline import QueryError, QueryPlan, run_query
 
+    n = len(part.images)
     scores = np.empty(part.relevant.shape, np.float64)
     steered, stage_ms, refused = [], {}, 0
-    for q, text in enumerate(part.queries):
-        plan = QueryPlan(text=text, k=depth, rerank=parts if spec.rerank else None,
-                         steer=steer if spec.steer else None)
+
+    def search(plan):
+        nonlocal refused
         try:
-            result = run_query(plan, gallery, encode, values)
+            return run_query(plan, gallery, encode, values)
         except QueryError:  # steering found no attribute value in the query: search unsteered
             refused += 1
-            result = run_query(replace(plan, steer=None), gallery, encode, values)
-        scores[q] = _full_ranking(np.asarray(result.ids), plain_scores[q])
+            return run_query(replace(plan, steer=None), gallery, encode, values)
+
+    for q, text in enumerate(part.queries):
+        steering = steer if spec.steer else None
+        result = search(QueryPlan(text=text, k=n, steer=steering))
+        order = np.asarray(result.ids)
+        if spec.rerank:
+            result = search(QueryPlan(text=text, k=parts.shortlist, rerank=parts, steer=steering))
+            top = np.asarray(result.ids)
+            order = np.concatenate([top, order[~np.isin(order, top)]])
+        scores[q] = _rank_scores(order)
         for stage, ms in result.timing_ms.items():
             stage_ms[stage] = stage_ms.get(stage, 0.0) + ms
         if spec.steer:
@@ -525,7 +538,6 @@ class Prepared:
 
     parts: dict[str, Part]
     encoded: dict[str, Encoded]
-    plain: dict[str, np.ndarray]
     timing: dict[str, float]
     encode_images: Callable
     oracle: OracleConfig
@@ -544,15 +556,13 @@ def prepare(model, encode: Callable, seed: int, size: int, layout: str, levels: 
     encoded = {"binding": encode_part(model, parts["binding"], levels, oracle),
                "confusion": encode_part(model, parts["confusion"], regions=False)}
     timing["encode_images"] = time.perf_counter() - start
-    plain = {name: encode(part.queries) @ encoded[name].whole.T for name, part in parts.items()}
-    return Prepared(parts, encoded, plain, timing, model.encode_images, oracle)
+    return Prepared(parts, encoded, timing, model.encode_images, oracle)
 
 
 def evaluate(prepared: Prepared, encode: Callable, values, grid: str, parts: PartsConfig,
-             steer: SteerConfig, depth: int | None = None,
+             steer: SteerConfig,
              methods: Sequence[str] = METHODS) -> tuple[dict, dict, dict]:
     """Run ``methods`` over both parts; returns (methods' metrics, diagnostics, timing_s)."""
-    depth = depth or max(parts.shortlist, 10)
     out, diagnostics, timing = {}, {}, {}
     galleries = {name: _galleries(enc, grid, prepared.parts[name], prepared.encode_images,
                                   prepared.oracle)
@@ -563,7 +573,7 @@ def evaluate(prepared: Prepared, encode: Callable, values, grid: str, parts: Par
         out[method], diagnostics[method] = {}, {}
         for name, part in prepared.parts.items():
             metrics, diag = run_method(part, galleries[name][spec.regions], encode, values,
-                                       prepared.plain[name], spec, parts, steer, depth)
+                                       spec, parts, steer)
             out[method].update(metrics)
             gallery = galleries[name][spec.regions]
             if isinstance(gallery, OnDemandRegions):
@@ -576,7 +586,7 @@ def evaluate(prepared: Prepared, encode: Callable, values, grid: str, parts: Par
 def run_binding(model, seed: int = 0, size: int = DEFAULT_SIZE, layout: str = "varied",
                 grid: str = DEFAULT_REGION_GRID, parts: PartsConfig = DEFAULT_PARTS,
                 steer: SteerConfig = DEFAULT_STEER, confusion_size: int | None = None,
-                oracle: OracleConfig = DEFAULT_ORACLE, depth: int | None = None,
+                oracle: OracleConfig = DEFAULT_ORACLE,
                 methods: Sequence[str] = METHODS, vocabulary=None) -> dict:
     """Generate, encode and search both parts with every method; returns the results.json
     document (CONTRACT.md schema, plus ``diagnostics``)."""
@@ -596,7 +606,7 @@ def run_binding(model, seed: int = 0, size: int = DEFAULT_SIZE, layout: str = "v
     texts = [t for part in prepared.parts.values() for t in part.queries]
     _prefetch(encode, texts, values, steer)
     prepared.timing["encode_texts"] = time.perf_counter() - start
-    metrics, diagnostics, timing = evaluate(prepared, encode, values, grid, parts, steer, depth,
+    metrics, diagnostics, timing = evaluate(prepared, encode, values, grid, parts, steer,
                                             methods)
     diagnostics["text_cosine"] = {
         **_text_cosines(prepared.parts["binding"], encode, values),
@@ -612,7 +622,6 @@ def run_binding(model, seed: int = 0, size: int = DEFAULT_SIZE, layout: str = "v
                  "confusion_relevant_per_query": round(float(confusion.relevant.sum(1).mean()), 3)},
         "grid": grid, "regions_per_image": len(RegionGrid(grid)),
         "parts": asdict(parts), "steer": asdict(steer), "oracle": asdict(oracle),
-        "depth": depth or max(parts.shortlist, 10),
     }
     return {"task": "binding", "model": model.fingerprint, "seed": seed, "size": size,
             "layout": layout, "methods": metrics, "params": params, "diagnostics": diagnostics,
@@ -652,12 +661,15 @@ def write_results(result: dict, out) -> None:
 # --- the sweep (seed 0 only: the defaults' evidence) -------------------------------------------
 
 def sweep(model, seed: int = 0, size: int = DEFAULT_SIZE, layout: str = "varied",
-          grids: Sequence[str] = SWEEP_GRIDS, lams: Sequence[float] = (0.3, 0.5, 0.7, 0.85, 1.0),
-          shortlists: Sequence[int] = (20, 50, 100, 200), structures: Sequence[float] = (0.0, 0.3),
+          grids: Sequence[str] = SWEEP_GRIDS, lams: Sequence[float] = (0.5, 0.7, 0.85, 1.0),
+          shortlists: Sequence[int] = (50, 100, 200, 300, 500),
+          structures: Sequence[float] = (0.0, 0.3),
           betas: Sequence[float] = (0.05, 0.1, 0.2, 0.4), ms: Sequence[int] = (5, 10, 20, 50),
-          oracles: Sequence[OracleConfig] = (OracleConfig(0.0), OracleConfig(0.5)),
+          oracles: Sequence[OracleConfig] = (DEFAULT_ORACLE, OracleConfig(0.25, frame=True),
+                                             OracleConfig(0.0), OracleConfig(0.5)),
           base_grid: str = DEFAULT_REGION_GRID, base_parts: PartsConfig = DEFAULT_PARTS,
-          base_steer: SteerConfig = DEFAULT_STEER, joint: Sequence[tuple] = (),
+          base_steer: SteerConfig = DEFAULT_STEER,
+          joint: Sequence[tuple] = ((DEFAULT_PARTS, replace(DEFAULT_STEER, beta=0.1)),),
           confusion_size: int | None = None,
           log: Callable[[str], None] | None = None) -> list[dict]:
     """One-at-a-time sweep around ``base_*`` (the grid, lam, K, g for ``parts``; beta, m and the
