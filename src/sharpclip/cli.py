@@ -89,6 +89,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
         size = args.size or 5000
         result = task.run_conditional(load_model(args.model), seed=args.seed, size=size)
+    elif args.task == "identity":
+        from sharpclip.eval import identity as task
+
+        result = task.run_identity(load_model(args.model), seed=args.seed,
+                                   size=args.size or task.DEFAULT_SIZE)
     elif args.task == "binding":
         from sharpclip.eval import binding as task
 
@@ -425,12 +430,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_shapes)
 
     p = sub.add_parser("eval", help="run an evaluation task; writes results.json and results.md")
-    p.add_argument("task", choices=["retrieval", "conditional", "binding"])
+    p.add_argument("task", choices=["retrieval", "conditional", "binding", "identity"])
     p.add_argument("--model", default="bundled", help="bundled, a local HF directory or a hub id")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=None,
                    help="scenes: retrieval 1000 single-object test scenes, conditional 5000 "
-                   "images, binding 1200 two-object scenes (+ 800 confusion queries)")
+                   "images, binding 1200 two-object scenes (+ 800 confusion queries), identity "
+                   "2000 renderings of identities")
     p.add_argument("--layout", default="varied",
                    help="binding: object placement, varied (anywhere, any scale) or fixed")
     p.add_argument("--out", default="eval-out", help="output directory")
