@@ -41,14 +41,6 @@ class SearchResult:
                 "query": self.query, "timing_ms": {k: round(v, 3) for k, v in self.timing_ms.items()}}
 
 
-def vocabulary_values(concepts=None) -> dict[str, list[str]]:
-    """``{condition: values}`` of the concept vocabulary (built-in, or ``concepts`` file)."""
-    from sharpclip.concepts import load_vocabulary
-
-    vocabulary = load_vocabulary(concepts)
-    return {name: list(vocabulary.concept(name).values) for name in vocabulary.conditions}
-
-
 def _rerank_config(rerank, shortlist: int | None) -> PartsConfig | None:
     if rerank is None or rerank is False:
         return None
@@ -89,7 +81,11 @@ def search(coll, text: str | None = None, image=None, like=None, k: int = 20,
     ``captions`` (a file, one per line) or the concept vocabulary's prompts. ``exact`` True forces
     the exact scan.
     """
-    values = vocabulary_values(concepts) if steer not in (None, False) else {}
+    values = {}
+    if steer not in (None, False):
+        from sharpclip.concepts import load_vocabulary
+
+        values = load_vocabulary(concepts).values()
     steer_config, attributes = _steer_plan(steer, values)
     described: dict = {}
     vector = None

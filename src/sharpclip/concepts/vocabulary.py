@@ -212,6 +212,10 @@ class Vocabulary:
         """The known condition names (aliases excluded), sorted."""
         return sorted(self.concepts)
 
+    def values(self) -> dict[str, list[str]]:
+        """``{condition: values}`` of every known condition (what steering looks for in a query)."""
+        return {name: list(self.concepts[name].values) for name in self.conditions}
+
     def resolve(self, name: str) -> str:
         """The canonical name of a condition or alias; ``ValueError`` if unknown."""
         key = normalise_name(name)
