@@ -14,12 +14,20 @@ the checkpoint's own initialisation), and the uniform share (``ceil(0.1 n) / n``
 
 "Low-information": of the CLS attention on the last layer, how much lands on the patches an
 object covers (the rest is flat background), against the share of patches they are; and how many of
-the patches CVE suppresses (its default bands) lie on an object.
+the patches CVE suppresses (its default bands) lie on an object. On the text side, how much of the
+last layer's EOT attention (over content tokens) lands on words that name an attribute (shape,
+colour, fill, size, count, position, background, relation), and how many of the tokens DCC masks
+(its default fraction, the vocabulary's prompts as reference corpus) are such words.
+
+Ablation (``--ablation``, on by default): the identity task's galleries (seed 0, plain search,
+no DCC) with CVE's re-run pooling biased three ways, same band sizes (80th/95th percentile,
+decay 0.5): CVE's own bands (the most attended patches, by local deviation), the same bands on
+the negated score (the least attended), and random bands; ``rho`` 0.5 and 1.
 
 Writes a line chart (Pillow) and prints the tables.
 
 Run: .venv/bin/python benchmarks/attention_premise.py [--n 500] [--seed 0]
-         [--png docs/calibration-attention.png]
+         [--png docs/calibration-attention.png] [--no-ablation]
 """
 
 from __future__ import annotations
@@ -155,6 +163,92 @@ def information(last: np.ndarray, boxes: list[list], image_size: int,
             "suppressed_on_objects": float(on[suppressed].mean())}
 
 
+_FUNCTION_WORDS = {"a", "an", "of", "on", "the", "with", "as", "drawn", "photo", "picture",
+                   "placed", "shape", "shapes", "background"}
+
+
+def attribute_words() -> set[str]:
+    """Words of Shapes captions that name an attribute (the rest: articles, templates)."""
+    words = set(shapes.SHAPES) | set(shapes.COLOURS) | set(shapes.FILLS) | set(shapes.SIZES)
+    words |= set(shapes.BACKGROUNDS) | set(shapes.POSITIONS) | {"one", "two", "three", "four"}
+    words |= {"1", "2", "3", "4", "left", "right", "above", "below"}
+    for phrase in [*shapes.FILL_PHRASE.values(), *(w for v in shapes._SYNONYMS.values() for w in v)]:
+        words |= set(phrase.split())
+    words |= {s + ("es" if s == "cross" else "s") for s in shapes.SHAPES}
+    return words - _FUNCTION_WORDS
+
+
+def _word_at(text: str, start: int) -> str:
+    left = text.rfind(" ", 0, start + 1) + 1 if text[start:start + 1] != " " else start + 1
+    right = text.find(" ", left)
+    return text[left:None if right < 0 else right].strip(",:").lower()
+
+
+def text_information(model, texts: list[str]) -> dict[str, float]:
+    """Last-layer EOT attention over content tokens: on attribute words vs the rest; and what
+    DCC (default fraction, the vocabulary's prompts) masks."""
+    from sharpclip.methods.calibration import general_positions
+    from sharpclip.models.calibrated import text_tokens_for_dcc
+    from sharpclip.query.calibration import DiscriminativeText, reference_corpus
+
+    named = attribute_words()
+    offsets = model.tokenizer(texts, return_offsets_mapping=True)["offset_mapping"]
+    tokens = text_tokens_for_dcc(model, texts)
+    dcc = DiscriminativeText(model, reference_corpus())
+    share, attention, top, masked = [], [], [], []
+    for i, text in enumerate(texts):
+        positions = np.flatnonzero(tokens.content[i])
+        is_attr = np.array([_word_at(text, offsets[i][p][0]) in named for p in positions])
+        a = tokens.attention[i][positions]
+        a = a / max(a.sum(), 1e-12)
+        share.append(is_attr.mean())
+        attention.append(a[is_attr].sum())
+        top.append(is_attr[np.argmax(a)])
+        at = general_positions(tokens.attention[i], tokens.input_ids[i], tokens.content[i],
+                               dcc.generality, dcc.config.fraction)
+        masked += [bool(is_attr[np.searchsorted(positions, p)]) for p in at]
+    return {"attribute_token_share": float(np.mean(share)),
+            "eot_attention_on_attributes": float(np.mean(attention)),
+            "top_token_is_attribute": float(np.mean(top)),
+            "dcc_masked_attributes": float(np.mean(masked)) if masked else 0.0}
+
+
+def ablation(model, seed: int = 0) -> list[tuple[str, str, float, dict]]:
+    """(part, bands, rho, metrics) of plain search over CVE vectors biased three ways."""
+    from sharpclip.eval import identity as ident
+    from sharpclip.methods.calibration import blend, key_bias
+    from sharpclip.models.calibrated import rerun_pooling
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    image_size = model.preprocess.crop_hw[0]
+    for part in (ident.identity_part(seed, ident.DEFAULT_SIZE, image_size),
+                 ident.pair_part(seed, ident.DEFAULT_SIZE // 2, image_size)):
+        cache = ident.PoolingCache(model, part.images)
+        u = model.encode_texts(part.queries)
+        rows.append((part.name, "none (plain)", 0.0, ident.part_metrics(u @ cache.plain.T,
+                                                                        part.relevant)))
+        scorers = {"CVE (most attended)": lambda i: local_deviation(i.attention, i.grid, 1.0),
+                   "least attended": lambda i: -local_deviation(i.attention, i.grid, 1.0),
+                   "random": lambda i: rng.random(i.attention.shape)}
+        for name, score in scorers.items():
+            v_cal = np.concatenate([
+                rerun_pooling(model, i, key_bias(bands(score(i), 80.0, 95.0), 0.5, i.leading_keys))
+                for i in cache.inputs])
+            for rho in (0.5, 1.0):
+                rows.append((part.name, name, rho, ident.part_metrics(
+                    u @ blend(cache.plain, v_cal, rho).T, part.relevant)))
+    return rows
+
+
+def ablation_table(rows) -> str:
+    lines = ["| part | bands on | rho | R@1 | mAP | mINP |", "|---|---|---|---|---|---|"]
+    for part, name, rho, m in rows:
+        lines.append(f"| {part} | {name} | {rho:g} | {m['recall@1']:.3f} | {m['map']:.3f} | "
+                     f"{m['minp']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def measure(model, images, boxes, texts) -> dict:
     vision = vision_rows(model, images)
     before, contents = text_rows(model, texts)
@@ -166,7 +260,8 @@ def measure(model, images, boxes, texts) -> dict:
             "uniform_vision": uniform_share([vision[0].shape[1]]),
             "uniform_text": uniform_share([len(r) for r in before[0]]),
             "uniform_content": uniform_share([len(r) for r in contents[0]]),
-            "information": information(vision[-1], boxes, images[0].width)}
+            "information": information(vision[-1], boxes, images[0].width),
+            "text_information": text_information(model, texts)}
 
 
 # --- the chart (Pillow) -------------------------------------------------------------------------
@@ -220,7 +315,11 @@ def chart(results: dict[str, dict], path: Path) -> None:
     x = 60
     for name, label in (("bundled", "bundled model"), ("random", "random weights (same arch.)"),
                         ("uniform", "uniform attention")):
-        draw.line((x, 288, x + 20, 288), fill=COLOURS[name], width=2)
+        if name == "uniform":
+            for dx in (0, 8, 16):
+                draw.line((x + dx, 288, x + dx + 4, 288), fill=COLOURS[name])
+        else:
+            draw.line((x, 288, x + 20, 288), fill=COLOURS[name], width=2)
         draw.text((x + 24, 282), label, fill=(0, 0, 0), font=font)
         x += 190
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -247,6 +346,14 @@ def table(results: dict[str, dict]) -> str:
         i = r["information"]
         lines.append(f"| {name} | {i['object_patch_share']:.3f} | {i['attention_on_objects']:.3f}"
                      f" | {i['top10_on_objects']:.3f} | {i['suppressed_on_objects']:.3f} |")
+    lines += ["", ("| model | attribute words (share of content tokens) | last-layer EOT attention on "
+                   "them | most attended token is one | DCC-masked tokens that are one |"),
+              "|---|---|---|---|---|"]
+    for name, r in results.items():
+        t = r["text_information"]
+        lines.append(f"| {name} | {t['attribute_token_share']:.3f} | "
+                     f"{t['eot_attention_on_attributes']:.3f} | {t['top_token_is_attribute']:.3f} | "
+                     f"{t['dcc_masked_attributes']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -256,6 +363,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default="bundled")
     parser.add_argument("--png", default="docs/calibration-attention.png")
+    parser.add_argument("--no-ablation", dest="ablation", action="store_false")
     args = parser.parse_args()
     model = load_model(args.model, device="cpu")
     images, boxes, texts = scenes(args.n, args.seed, model.preprocess.crop_hw[0])
@@ -268,6 +376,9 @@ def main() -> None:
     print(table(results), end="")
     chart(results, Path(args.png))
     print(f"chart: {args.png} ({Path(args.png).stat().st_size} bytes)")
+    if args.ablation:
+        print()
+        print(ablation_table(ablation(model, args.seed)), end="")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,13 @@ def test_hand_made_identities_give_the_hand_computed_metrics():
     assert metrics["recall@5"] == metrics["recall@10"] == 1.0
     assert set(ident.part_metrics(scores, relevant, "pair_")) == {
         "pair_recall@1", "pair_recall@5", "pair_recall@10", "pair_map", "pair_minp"}
+    each = ident.per_query(scores, relevant)
+    assert each["recall@1"].tolist() == [1.0, 0.0, 1.0]
+    assert each["minp"] == pytest.approx(inp)
+    same = ident.paired_difference(each["minp"], each["minp"])
+    assert same == {"diff": 0.0, "ci95": [0.0, 0.0]}
+    better = ident.paired_difference(each["minp"] + 0.1, each["minp"])
+    assert better["diff"] == pytest.approx(0.1) and better["ci95"][0] > 0
 
 
 def test_identity_part_queries_hit_every_rendering_of_their_identity():
@@ -84,6 +91,13 @@ def test_tiny_run_has_the_contract_schema(tiny_result, tmp_path):
     assert all(f"| {m} |" in table for m in ident.METHODS) and "two-object" in table
     masked = result["diagnostics"]["dcc"]["identity"]["dcc"]["masked_per_query"]
     assert masked > 0  # DCC masked something in the queries
+    vs_plain = result["diagnostics"]["vs_plain"]
+    assert set(vs_plain) == {"cve", "dcc", "cve+dcc"}
+    for by_part in vs_plain.values():
+        for name in ("identity", "pair"):
+            for d in by_part[name].values():
+                assert d["ci95"][0] <= d["diff"] <= d["ci95"][1]
+    assert "difference from plain" in table
 
 
 def test_neutral_settings_reduce_every_method_to_plain(model):

@@ -53,6 +53,7 @@ from sharpclip.eval import retrieval
 from sharpclip.eval.metrics import (
     mean_average_precision,
     mean_inverse_negative_penalty,
+    rank_order,
     recall_at_k,
 )
 from sharpclip.methods.calibration import CVEConfig, DCCConfig, blend, cve_bias
@@ -118,6 +119,14 @@ def pair_part(seed: int, size: int, image_size: int = 64) -> Part:
     label_of: dict[str, int] = {}
     labels = np.array([label_of.setdefault(s.spec.key(), len(label_of)) for s in samples])
     return Part("pair", [s.image for s in samples], queries, relevant, labels)
+
+
+def shapes_corpus(seed: int = 1000, size: int = 2000) -> list[str]:
+    """An in-domain reference corpus for DCC's token generality: the captions of ``size``
+    *train-split* Shapes scenes (3/4 single, 1/4 pairs; never the test split searched here)."""
+    single = shapes.ShapesConfig(kind="single", size=size - size // 4, seed=seed, split="train")
+    pair = shapes.ShapesConfig(kind="pair", size=size // 4, seed=seed, split="train")
+    return [c for config in (single, pair) for s in shapes.generate(config) for c in s.captions]
 
 
 # --- encoding -----------------------------------------------------------------------------------
@@ -187,6 +196,24 @@ def part_metrics(scores: np.ndarray, relevant: np.ndarray, prefix: str = "") -> 
     return out
 
 
+def per_query(scores: np.ndarray, relevant: np.ndarray) -> dict[str, np.ndarray]:
+    """Per query: ``recall@1`` (0/1) and ``minp`` (#positives / rank of the last positive);
+    their means are :func:`part_metrics`' values."""
+    hits = np.take_along_axis(np.asarray(relevant, bool), rank_order(scores), axis=1)
+    last = hits.shape[1] - np.argmax(hits[:, ::-1], axis=1)
+    return {"recall@1": hits[:, 0].astype(np.float64), "minp": hits.sum(1) / last}
+
+
+def paired_difference(method: np.ndarray, plain: np.ndarray, resamples: int = 2000,
+                      seed: int = 0) -> dict:
+    """Mean per-query difference ``method - plain`` and its 95% paired bootstrap interval."""
+    diff = np.asarray(method, np.float64) - np.asarray(plain, np.float64)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(len(diff), size=(resamples, len(diff)))].mean(1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"diff": round(float(diff.mean()), 4), "ci95": [round(float(lo), 4), round(float(hi), 4)]}
+
+
 def method_galleries(plain: np.ndarray, v_hat: np.ndarray, dcc: DCCConfig) -> dict:
     """Per method: (gallery, the candidate set's vectors, the plan's ``calibrate``)."""
     from sharpclip.query.gallery import ArrayGallery
@@ -252,9 +279,12 @@ def _prefetch_texts(encode: Callable, discriminative, parts: dict[str, Part],
 def evaluate(prepared: Prepared, v_hat: dict[str, np.ndarray], dcc: DCCConfig,
              discriminative: Callable, methods: Sequence[str] = METHODS,
              depth: int | None = None) -> tuple[dict, dict, dict]:
-    """Run ``methods`` over both parts; returns (metrics, diagnostics, timing_s) per method."""
+    """Run ``methods`` over both parts; returns (metrics, diagnostics, timing_s) per method.
+    ``diagnostics["vs_plain"]``: each method's per-query R@1 and mINP difference from ``plain``
+    (when run) with a 95% paired bootstrap interval."""
     depth = depth or max(dcc.shortlist, max(KS))
     out, diagnostics, timing = {}, {}, {}
+    queries: dict[str, dict[str, dict]] = {}
     galleries = {name: method_galleries(prepared.plain[name], v_hat[name], dcc)
                  for name in prepared.parts}
     for method in methods:
@@ -268,7 +298,14 @@ def evaluate(prepared: Prepared, v_hat: dict[str, np.ndarray], dcc: DCCConfig,
             out[method].update(part_metrics(scores, part.relevant,
                                             "" if name == "identity" else f"{name}_"))
             diagnostics[method][name] = diag
+            queries.setdefault(method, {})[name] = per_query(scores, part.relevant)
         timing[method] = time.perf_counter() - start
+    if "plain" in queries:
+        diagnostics["vs_plain"] = {
+            method: {name: {metric: paired_difference(values, queries["plain"][name][metric])
+                            for metric, values in per_part.items()}
+                     for name, per_part in by_part.items()}
+            for method, by_part in queries.items() if method != "plain"}
     return out, diagnostics, timing
 
 
@@ -355,6 +392,15 @@ def to_markdown(result: dict) -> str:
             cells = " | ".join(f"{metrics[prefix + c]:.3f}" if prefix + c in metrics else "-"
                                for c in COLUMNS)
             lines.append(f"| {method} | {cells} |")
+    vs_plain = result.get("diagnostics", {}).get("vs_plain", {})
+    if vs_plain:
+        lines += ["", "difference from plain per query (95% paired bootstrap interval):", "",
+                  "| method | R@1 | mINP | pair R@1 | pair mINP |", "|---|---|---|---|---|"]
+        for method, by_part in vs_plain.items():
+            cells = [f"{d['diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+                     for name in PARTS if name in by_part
+                     for d in (by_part[name]["recall@1"], by_part[name]["minp"])]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
     cve, dcc = p["cve"], p["dcc"]
     lines += ["", (f"CVE eta={cve['eta']} p={cve['p_decay']}/{cve['p_suppress']} "
                    f"decay={cve['decay']} rho={cve['rho']}; DCC fraction={dcc['fraction']} "
@@ -383,11 +429,12 @@ def sweep(model, seed: int = 0, size: int = DEFAULT_SIZE, pair_size: int | None 
           lams: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
           shortlists: Sequence[int] = (20, 50, 100, 200),
           joint: Sequence[tuple[CVEConfig, DCCConfig]] = (),
-          corpus: Sequence[str] | None = None,
+          corpus: Sequence[str] | None = None, groups: Sequence[str] = ("cve", "dcc", "joint"),
           log: Callable[[str], None] | None = None) -> list[dict]:
     """One-at-a-time sweep around ``base_cve``/``base_dcc``: CVE settings (methods ``cve`` and
     ``cve+dcc``), DCC settings (``dcc`` and ``cve+dcc``), then ``joint`` (CVE, DCC) settings
-    (``cve+dcc``). Returns one row per (method, setting) with its metrics."""
+    (``cve+dcc``); ``groups`` picks which of the three run (the base always does). Returns one
+    row per (method, setting) with its metrics."""
     from sharpclip.query.calibration import DiscriminativeText, reference_corpus
     from sharpclip.query.pipeline import TextEncoder
 
@@ -417,8 +464,11 @@ def sweep(model, seed: int = 0, size: int = DEFAULT_SIZE, pair_size: int | None 
                 log(_row_text(row))
 
     record(METHODS, "base", base_cve, base_dcc)
-    for field, values in (("eta", etas), ("p_decay", p_decays), ("p_suppress", p_suppresses),
-                          ("decay", decays), ("rho", rhos)):
+    cve_settings = (("eta", etas), ("p_decay", p_decays), ("p_suppress", p_suppresses),
+                    ("decay", decays), ("rho", rhos)) if "cve" in groups else ()
+    dcc_settings = (("fraction", fractions), ("lam", lams),
+                    ("shortlist", shortlists)) if "dcc" in groups else ()
+    for field, values in cve_settings:
         for value in values:
             if value == getattr(base_cve, field):
                 continue
@@ -427,13 +477,13 @@ def sweep(model, seed: int = 0, size: int = DEFAULT_SIZE, pair_size: int | None 
             except ValueError:  # p_decay above p_suppress: not a setting
                 continue
             record(("cve", "cve+dcc"), f"{field}={value}", cve, base_dcc)
-    for field, values in (("fraction", fractions), ("lam", lams), ("shortlist", shortlists)):
+    for field, values in dcc_settings:
         for value in values:
             if value == getattr(base_dcc, field):
                 continue
             record(("dcc", "cve+dcc"), f"{field}={value}", base_cve,
                    replace(base_dcc, **{field: value}))
-    for cve, dcc in joint:
+    for cve, dcc in joint if "joint" in groups else ():
         record(("cve+dcc",), _setting(cve, dcc), cve, dcc)
     return rows
 
@@ -484,29 +534,38 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--dcc", default=None, help="fraction:lam:K")
     parser.add_argument("--joint", default="", help="sweep: cve+dcc settings, "
                         "eta:p_decay:p_suppress:decay:rho:fraction:lam:K,...")
-    parser.add_argument("--only-joint", action="store_true", help="sweep: base and --joint only")
+    parser.add_argument("--groups", default="cve,dcc,joint", help="sweep: which settings run "
+                        "beside the base (cve, dcc, joint)")
+    parser.add_argument("--corpus", choices=("vocabulary", "shapes"), default="vocabulary",
+                        help="DCC's reference corpus: the concept vocabulary's prompts (the "
+                        "product's default) or train-split Shapes captions")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     cve = CVEConfig(*map(float, args.cve.split(":"))) if args.cve else CVEConfig()
     dcc = DCCConfig() if not args.dcc else DCCConfig(
         float(args.dcc.split(":")[0]), float(args.dcc.split(":")[1]), int(args.dcc.split(":")[2]))
     model = load_model(args.model)
+    corpus = shapes_corpus() if args.corpus == "shapes" else None
     print(f"{platform.platform()}, {datetime.date.today()}; model {model.fingerprint}, seed "
           f"{args.seed}, size {args.size}", flush=True)
     start = time.perf_counter()
     if args.sweep:
         print(sweep_table([]), end="", flush=True)
-        empty = {"etas": (), "p_decays": (), "p_suppresses": (), "decays": (), "rhos": (),
-                 "fractions": (), "lams": (), "shortlists": ()} if args.only_joint else {}
         sweep(model, args.seed, args.size, args.pair_size, cve, dcc, joint=_joint(args.joint),
-              log=lambda line: print(line, flush=True), **empty)
+              corpus=corpus, groups=args.groups.split(","),
+              log=lambda line: print(line, flush=True))
     else:
-        result = run_identity(model, args.seed, args.size, cve, dcc, args.pair_size)
+        result = run_identity(model, args.seed, args.size, cve, dcc, args.pair_size,
+                              corpus=corpus)
         if args.out:
             write_results(result, args.out)
         print(to_markdown(result), end="")
         print(f"timing_s: {result['timing_s']}")
-        print(f"diagnostics: { {k: v for k, v in result['diagnostics'].items()} }")
+        for method in METHODS:
+            for name, diag in result["diagnostics"].get(method, {}).items():
+                if "dcc" in diag:
+                    print(f"{method} {name} DCC: {diag['dcc']}")
+        print(f"CVE vectors: {result['diagnostics']['cve_vectors']}")
     print(f"{time.perf_counter() - start:.0f} s")
 
 
