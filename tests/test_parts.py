@@ -203,14 +203,14 @@ def test_rerank_fixes_a_binding_error():
     plain = np.array([0.80, 0.90, 0.30])  # candidate 1 (the twin) ranks first by plain cosine
     regions = np.vstack([good, twin, other])
     owner = np.array([0, 0, 0, 1, 1, 2])
-    result = rerank_parts(plain, query, regions, owner, PartsConfig())
+    result = rerank_parts(plain, query, regions, owner, PartsConfig(lam=0.5))
     assert result.order.tolist() == [0, 1, 2]
     assert result.scores[0] > result.scores[1]
     assert result.alignment[0] > 0.95 and result.alignment[1] < 0.6
     assert result.assignment[0].tolist() == [1, 0]  # own region indices, not global rows
     assert sorted(result.order.tolist()) == [0, 1, 2]  # only reorders the same candidates
     assert np.allclose(result.scores, 0.5 * plain + 0.5 * result.alignment)
-    with_structure = rerank_parts(plain, query, regions, owner, PartsConfig(structure=0.5))
+    with_structure = rerank_parts(plain, query, regions, owner, PartsConfig(lam=0.5, structure=0.5))
     assert np.allclose(with_structure.alignment, result.alignment)
     assert with_structure.order.tolist()[0] == 0
 

@@ -386,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerank", choices=["parts"], default=None,
                    help="re-rank a shortlist by matching the query's parts to image regions")
     p.add_argument("--shortlist", type=_count(1), default=None,
-                   help="candidates --rerank re-ranks (default 100)")
+                   help="candidates --rerank parts / --calibrate re-rank (default 300 / 100)")
     p.add_argument("--steer", nargs="?", const="", default=None, metavar="ATTR=VALUE",
                    help="steer the query toward the attribute values it names (or the one given, "
                    "e.g. colour=red) and away from their confusers")

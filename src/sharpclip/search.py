@@ -74,7 +74,7 @@ def search(coll, text: str | None = None, image=None, like=None, k: int = 20,
     """Top-``k`` live items for a text, an image (file or PIL) or an indexed item (``like``).
 
     ``condition`` (image queries) compares images only in that condition (METHODS.md §1);
-    ``rerank="parts"`` re-ranks a shortlist of ``shortlist`` (default 100) by part matching
+    ``rerank="parts"`` re-ranks a shortlist of ``shortlist`` (default 300) by part matching
     (§2a); ``steer`` True (attributes found in the text), ``"colour=red"`` or a SteerConfig
     steers a text query (§2b). ``calibrate`` True (or a DCCConfig) searches the calibrated
     vectors and re-ranks the shortlist by DCC (§3), with token generality counted over

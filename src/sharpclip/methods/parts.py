@@ -59,10 +59,11 @@ _ALNUM = re.compile(r"[^\W_]")
 @dataclass(frozen=True)
 class PartsConfig:
     """``shortlist``: K candidates re-ranked (>= 1); ``lam``: weight of the part term in [0, 1];
-    ``structure``: g, the share of the structure term S inside the part term, in [0, 1]."""
+    ``structure``: g, the share of the structure term S inside the part term, in [0, 1].
+    Defaults from the binding benchmark's seed-0 sweep (METHODS.md's were K 100, lam 0.5)."""
 
-    shortlist: int = 100
-    lam: float = 0.5
+    shortlist: int = 300
+    lam: float = 0.85
     structure: float = 0.0
 
     def __post_init__(self) -> None:
