@@ -3,8 +3,9 @@ patches, the pooling re-run with a bias on that query's logits (CVE), and text e
 token ids pooled at a given position (DCC's masked re-encoding).
 
 CLIP: the pooling query is the CLS token of the last vision block; the re-run applies the bias to
-the CLS row of that block's attention logits (the other rows do not feed the CLS output, so only
-the last block runs again). SigLIP has no CLS token; its image embedding comes from an
+the CLS row of that block's attention logits. The other rows do not feed the CLS output, so the
+re-run computes the last block for the CLS token alone (its query against every key and value),
+a small fraction of one block. SigLIP has no CLS token; its image embedding comes from an
 attention-pooling head whose learned probe attends over the patches: there the bias goes on the
 probe's logits and the head runs again (our extension of the method to SigLIP).
 
@@ -73,12 +74,21 @@ def rerun_pooling(model, inputs: PoolingInputs, bias: np.ndarray) -> np.ndarray:
     hidden = inputs.hidden
     bias_t = torch.as_tensor(bias, dtype=hidden.dtype, device=hidden.device)
     with torch.inference_mode():
-        if model.model_type == "clip":
+        if model.model_type == "clip":  # the last block for the CLS token alone
+            last = vision.encoder.layers[-1]
+            attn = last.self_attn
             b, t, _ = hidden.shape
-            mask = torch.zeros((b, 1, t, t), dtype=hidden.dtype, device=hidden.device)
-            mask[:, 0, 0, :] = bias_t
-            out = vision.encoder.layers[-1](hidden, mask)
-            features = model.model.visual_projection(vision.post_layernorm(out[:, 0]))
+            x = last.layer_norm1(hidden)
+            shape = (b, -1, attn.num_heads, attn.head_dim)
+            q = attn.q_proj(x[:, :1]).view(shape).transpose(1, 2)
+            k = attn.k_proj(x).view(shape).transpose(1, 2)
+            v = attn.v_proj(x).view(shape).transpose(1, 2)
+            logits = (q @ k.transpose(-1, -2)) * attn.scale + bias_t[:, None, None, :]
+            weights = torch.softmax(logits, dim=-1, dtype=torch.float32).to(q.dtype)
+            mixed = (weights @ v).transpose(1, 2).reshape(b, 1, -1)
+            cls = hidden[:, :1] + attn.out_proj(mixed)
+            cls = cls + last.mlp(last.layer_norm2(cls))
+            features = model.model.visual_projection(vision.post_layernorm(cls[:, 0]))
         else:
             head = vision.head
             b = hidden.shape[0]
