@@ -77,7 +77,7 @@ def rerun_pooling(model, inputs: PoolingInputs, bias: np.ndarray) -> np.ndarray:
         if model.model_type == "clip":  # the last block for the CLS token alone
             last = vision.encoder.layers[-1]
             attn = last.self_attn
-            b, t, _ = hidden.shape
+            b = hidden.shape[0]
             x = last.layer_norm1(hidden)
             shape = (b, -1, attn.num_heads, attn.head_dim)
             q = attn.q_proj(x[:, :1]).view(shape).transpose(1, 2)
