@@ -91,8 +91,8 @@ class OracleConfig:
 
 
 # The defaults of this benchmark, chosen by the sweep on seed 0 (docs/methods/geometry-eval.md):
-# regions that keep the objects' scale (halves, padded to a square) beat the product grid's
-# 2x2/3x3 windows, which the model sees enlarged; K = 300 because plain cosine ranks the scene
+# regions that keep the objects' scale (halves, padded to a square) beat the 2x2/3x3 windows
+# (the product's earlier grid), which the model sees enlarged; K = 300 because plain cosine ranks the scene
 # low (plain R@10 ~ 0.41 on the varied layout); structure off; steering at the paper's values.
 DEFAULT_REGION_GRID = "whole+halves"
 DEFAULT_PARTS = PartsConfig(shortlist=300, lam=0.85, structure=0.0)
