@@ -192,6 +192,7 @@ class Collection:
         self.backend = LocalBackend(self.path)
         self._caches = Caches(self.path / "cache")
         self._verified_batches: dict[tuple, bool] = {}
+        self._batch_index: dict[tuple, tuple] = {}
         self.repairs: list[str] = []  # what the writer repaired on taking the lock, for reports
         self._db = _connect(self.path / DB_NAME)
 
@@ -503,21 +504,33 @@ class Collection:
         snap, vectors = self.read_vectors(name)
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         inode = snap.file.stat().st_ino if snap.rows else 0
+        starts, counts, digests = self._batches(name, snap.generation)
         out = np.ones(len(rows), dtype=bool)
+        at = np.searchsorted(starts, rows, side="right") - 1
         for i, row in enumerate(rows.tolist()):
-            if row < 0 or row >= snap.rows:
+            b = int(at[i])
+            if row < 0 or row >= snap.rows or b < 0 or row >= starts[b] + counts[b]:
                 continue
-            batch = self._db.execute(
-                "SELECT start, count, sha256 FROM vector_batches WHERE vector_set = ? AND "
-                "start <= ? ORDER BY start DESC LIMIT 1", (name, row)).fetchone()
-            if batch is None or row >= batch[0] + batch[1]:
-                continue
-            key = (str(snap.file), inode, batch[0])
+            start, count = int(starts[b]), int(counts[b])
+            key = (str(snap.file), inode, start)
             if key not in self._verified_batches:
-                data = np.ascontiguousarray(vectors[batch[0]:batch[0] + batch[1]]).tobytes()
-                self._verified_batches[key] = hashlib.sha256(data).hexdigest() == batch[2]
+                data = np.ascontiguousarray(vectors[start:start + count]).tobytes()
+                self._verified_batches[key] = hashlib.sha256(data).hexdigest() == digests[b]
             out[i] = self._verified_batches[key]
         return out
+
+    def _batches(self, name: str, generation: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """(starts, counts, sha256) of set ``name``'s checksum batches by start, read once per
+        generation (one query, not one per hit)."""
+        key = (name, generation)
+        if key not in self._batch_index:
+            found = self._db.execute("SELECT start, count, sha256 FROM vector_batches WHERE "
+                                     "vector_set = ? ORDER BY start", (name,)).fetchall()
+            self._batch_index = {k: v for k, v in self._batch_index.items() if k[0] != name}
+            self._batch_index[key] = (np.array([f[0] for f in found], dtype=np.int64),
+                                      np.array([f[1] for f in found], dtype=np.int64),
+                                      [f[2] for f in found])
+        return self._batch_index[key]
 
     def _vector_set(self, name: str) -> tuple[int, int, Path]:
         found = self.vector_set(name)
