@@ -228,7 +228,11 @@ def test_steer_query_with_binding_swap_and_explicit_attributes():
     binding = result.details[-1]
     assert binding["contrast"] == "a blue circle left of a red square"
     assert (binding["value"], binding["confuser"]) == ("red, blue", "blue, red")
-    assert fake.encoded[0] == ["a blue circle left of a blue square"]
+    assert fake.encoded == [["a blue circle left of a blue square",  # every contrast, one call
+                             "a red square left of a blue square",
+                             "a red circle left of a red square",
+                             "a red circle left of a blue circle",
+                             "a blue circle left of a red square"]]
     assert len(fake.searched) == 1 + 5  # N+ once, one N- per direction
     no_binding = steer_query(text, table[text], values, fake.encode_texts, fake.knn,
                              SteerConfig(m=6, binding_swap=False))

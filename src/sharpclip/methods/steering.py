@@ -216,9 +216,9 @@ def steer_query(
 ) -> Steering:
     """The whole of METHODS.md §2b for one query ``text`` with embedding ``query`` (d,).
 
-    ``attributes``: the controlled ones (default: :func:`find_attributes`). Per attribute, all its
-    confuser texts are encoded in one ``encode_texts`` call (-> (n, d)) and the nearest one to the
-    query is the contrast. ``knn(vector, m) -> (ids (m,), vectors (m, d))`` searches the gallery.
+    ``attributes``: the controlled ones (default: :func:`find_attributes`). All contrastive texts
+    (every attribute's confuser swaps, the binding swap) are encoded in one ``encode_texts`` call
+    (-> (n, d)); per attribute the nearest one to the query is the contrast. ``knn(vector, m) -> (ids (m,), vectors (m, d))`` searches the gallery.
     With ``config.binding_swap``, a two-part text adds its binding-swap direction. Nothing found:
     ``Steering(query copy, [])``; the caller words any message.
     """
@@ -238,25 +238,32 @@ def steer_query(
         if found is not None:
             directions.append(found)
 
-    for attribute in attributes:
-        options = confusers(attribute, values)
+    # Every contrastive text of the query (each attribute's confuser swaps, the binding swap)
+    # goes through the text tower in one call: one batch costs about what one text does.
+    groups = [(attribute, confusers(attribute, values)) for attribute in attributes]
+    texts = [swap_value(text, attribute, option) for attribute, options in groups
+             for option in options]
+    pair = _binding(text, values) if config.binding_swap else None
+    swapped = binding_swap(text, values) if pair is not None else None
+    if swapped is not None:
+        texts.append(swapped)
+    encoded = np.asarray(encode_texts(texts)) if texts else np.zeros((0, len(query)))
+    if encoded.shape[0] != len(texts):
+        raise ValueError(f"encode_texts returned {encoded.shape[0]} rows for {len(texts)} texts")
+    at = 0
+    for attribute, options in groups:
         detail = {"condition": attribute.condition, "value": attribute.value, "confuser": None,
                   "contrast": None, "overlap": 0, "used": False}
         if not options:
             details.append(detail)
             continue
-        texts = [swap_value(text, attribute, option) for option in options]
-        encoded = np.asarray(encode_texts(texts))
-        if encoded.shape[0] != len(texts):
-            raise ValueError(f"encode_texts returned {encoded.shape[0]} rows for {len(texts)} texts")
-        best = nearest_confuser(query, encoded)
-        detail.update(confuser=options[best], contrast=texts[best])
-        contrast(encoded[best], detail)
-    pair = _binding(text, values) if config.binding_swap else None
-    if pair is not None:
-        swapped = binding_swap(text, values)
+        mine = encoded[at:at + len(options)]
+        best = nearest_confuser(query, mine)
+        detail.update(confuser=options[best], contrast=texts[at + best])
+        contrast(mine[best], detail)
+        at += len(options)
+    if swapped is not None:
         a, b = pair
-        contrast(np.asarray(encode_texts([swapped]))[0],
-                 {"condition": "binding", "value": f"{a.value}, {b.value}",
-                  "confuser": f"{b.value}, {a.value}", "contrast": swapped})
+        contrast(encoded[-1], {"condition": "binding", "value": f"{a.value}, {b.value}",
+                               "confuser": f"{b.value}, {a.value}", "contrast": swapped})
     return Steering(steer(query, directions, config.beta), details)
