@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from sharpclip.eval import identity as ident
+from sharpclip.eval.metrics import ranked_scores
 from sharpclip.methods.calibration import CVEConfig, DCCConfig
 
 
@@ -20,7 +21,7 @@ def test_hand_made_identities_give_the_hand_computed_metrics():
     base = np.array([[0.9, 0.5, 0.1, 0.4, 0.3, 0.2],   # rest: 1, 3, 4, 5
                      [0.1, 0.8, 0.9, 0.7, 0.2, 0.3],   # rest: 1, 5, 4
                      [0.9, 0.8, 0.7, 0.6, 0.5, 0.0]])
-    scores = np.stack([ident.full_ranking(h, b) for h, b in zip(hits, base)])
+    scores = np.stack([ranked_scores(h, b) for h, b in zip(hits, base)])
     order = np.argsort(-scores, axis=1, kind="stable")
     assert order.tolist() == [[0, 2, 1, 3, 4, 5], [0, 2, 3, 1, 5, 4], [5, 0, 1, 2, 3, 4]]
     metrics = ident.part_metrics(scores, relevant)

@@ -4,7 +4,7 @@ pipeline (``query/pipeline.py``), with the methods switched on as options."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sharpclip.methods.calibration import DCCConfig
@@ -68,7 +68,7 @@ def _rerank_config(rerank, shortlist: int | None) -> PartsConfig | None:
     else:
         raise ValueError(f"unknown re-ranker {rerank!r}; choose one of {', '.join(RERANKERS)}")
     if shortlist is not None:
-        config = PartsConfig(shortlist=shortlist, lam=config.lam, structure=config.structure)
+        config = replace(config, shortlist=shortlist)
     return config
 
 
@@ -128,7 +128,7 @@ def search(coll, text: str | None = None, image=None, like=None, k: int = 20,
     if calibrate not in (None, False):
         dcc = calibrate if isinstance(calibrate, DCCConfig) else DCCConfig()
         if shortlist is not None:
-            dcc = DCCConfig(fraction=dcc.fraction, lam=dcc.lam, shortlist=shortlist)
+            dcc = replace(dcc, shortlist=shortlist)
         coll.snapshot("calibrated")  # no calibrated set: one line with the fix
     plan = QueryPlan(text=text, image=image, vector=vector, k=k, condition=condition, exact=exact,
                      steer=steer_config, steer_attributes=attributes,

@@ -56,6 +56,7 @@ from sharpclip.eval.metrics import (
     mean_average_precision,
     ndcg_at_k,
     rank_order,
+    ranked_scores,
     recall_at_k,
 )
 from sharpclip.methods.parts import PartsConfig, query_parts
@@ -369,10 +370,7 @@ def vocabulary_values(vocabulary=None) -> dict[str, list[str]]:
     """``{condition: values}`` of the concept vocabulary (built-in by default)."""
     from sharpclip.concepts import load_vocabulary
 
-    vocabulary = vocabulary or load_vocabulary()
-    names = vocabulary.conditions
-    names = names() if callable(names) else names
-    return {name: list(vocabulary.concept(name).values) for name in names}
+    return (vocabulary or load_vocabulary()).values()
 
 
 def steering_texts(text: str, values: Mapping[str, Sequence[str]],
@@ -401,14 +399,6 @@ METHOD_SPECS = {
     "parts+steer": MethodSpec(True, True),
     "parts (oracle objects)": MethodSpec(True, False, "oracle"),
 }
-
-
-def _rank_scores(order: np.ndarray, plain: np.ndarray) -> np.ndarray:
-    """Scores over the whole gallery: ``order`` (distinct item ids, best first) on top, the other
-    items below them by their ``plain`` cosine."""
-    scores = np.asarray(plain, np.float64) - 10.0
-    scores[order] = len(order) - np.arange(len(order), dtype=np.float64)
-    return scores
 
 
 def _steer_details(details: list[dict]) -> dict:
@@ -449,7 +439,7 @@ def run_method(part: Part, gallery, encode: Callable, values: Mapping[str, Seque
             top = np.asarray(result.ids)
             order = np.concatenate([top, order[~np.isin(order, top)]])
         below += int(part.truth[q] not in set(order.tolist()))
-        scores[q] = _rank_scores(order, plain[q])
+        scores[q] = ranked_scores(order, plain[q])
         for stage, ms in result.timing_ms.items():
             stage_ms[stage] = stage_ms.get(stage, 0.0) + ms
         if spec.steer:

@@ -54,6 +54,7 @@ from sharpclip.eval.metrics import (
     mean_average_precision,
     mean_inverse_negative_penalty,
     rank_order,
+    ranked_scores,
     recall_at_k,
 )
 from sharpclip.methods.calibration import CVEConfig, DCCConfig, blend, cve_bias
@@ -68,7 +69,6 @@ KS = (1, 5, 10)
 PARTS = ("identity", "pair")
 DEFAULT_CVE = CVEConfig()
 DEFAULT_DCC = DCCConfig()
-_OFF_LIST = -10.0  # cosines of items the pipeline did not return, shifted below its hits
 
 
 @dataclass
@@ -179,15 +179,6 @@ class PoolingCache:
 
 # --- searching ----------------------------------------------------------------------------------
 
-def full_ranking(ids: np.ndarray, base_scores: np.ndarray) -> np.ndarray:
-    """Scores over the whole gallery (higher first): the pipeline's hits ``ids`` in its order,
-    then the rest by ``base_scores`` (the candidate set's cosines)."""
-    scores = np.asarray(base_scores, np.float64) + _OFF_LIST
-    ids = np.asarray(ids, np.int64)
-    scores[ids] = len(ids) - np.arange(len(ids), dtype=np.float64)
-    return scores
-
-
 def part_metrics(scores: np.ndarray, relevant: np.ndarray, prefix: str = "") -> dict[str, float]:
     """R@1/5/10, mAP and mINP from full-gallery scores (Q, N)."""
     out = {f"{prefix}recall@{k}": v for k, v in recall_at_k(scores, relevant, KS).items()}
@@ -239,7 +230,7 @@ def run_method(queries: Sequence[str], query_vectors: np.ndarray, gallery, candi
     for q, text in enumerate(queries):
         plan = QueryPlan(text=text, k=depth, calibrate=calibrate)
         result = run_query(plan, gallery, encode, discriminative=discriminative)
-        scores[q] = full_ranking(result.ids, base[q])
+        scores[q] = ranked_scores(result.ids, base[q])
         for stage, ms in result.timing_ms.items():
             stage_ms[stage] = stage_ms.get(stage, 0.0) + ms
         if calibrate is not None:

@@ -91,3 +91,13 @@ def binding_accuracy(true_scores: np.ndarray, twin_scores: np.ndarray) -> float:
             f"true_scores {true_scores.shape} and twin_scores {twin_scores.shape} differ in shape"
         )
     return float(np.mean(true_scores > twin_scores))
+
+
+def ranked_scores(order: np.ndarray, base_scores: np.ndarray) -> np.ndarray:
+    """Scores over the whole gallery (higher first) for a ranking that names only its top:
+    ``order`` (distinct item ids, best first) on top, every other item below them by its
+    ``base_scores`` (cosines in [-1, 1], shifted down by 10)."""
+    scores = np.asarray(base_scores, np.float64) - 10.0
+    order = np.asarray(order, np.int64)
+    scores[order] = len(order) - np.arange(len(order), dtype=np.float64)
+    return scores
