@@ -723,6 +723,8 @@ class Collection:
         if u.status == "ok" and row is None:  # unchanged content, new size/mtime stamp
             db.execute("UPDATE items SET size = ?, mtime_ns = ?, updated_at = ? WHERE path = ?",
                        (u.size, u.mtime_ns, now, u.path))
+            if not u.set_rows:  # a touched file: nothing else to record
+                return None
             found = db.execute("SELECT id FROM items WHERE path = ? AND status = 'ok'",
                                (u.path,)).fetchone()
             return None if found is None else found[0]
