@@ -25,12 +25,14 @@ from sharpclip.models.tokens import eot_positions
 class PoolingInputs:
     """What the pooling step sees: its input states (a torch tensor), the head-averaged
     attention of the pooling query over the patches (B, P), the patch grid, and how many non-patch
-    keys precede the patches (CLIP's CLS: 1, SigLIP: 0)."""
+    keys precede the patches (CLIP's CLS: 1, SigLIP: 0). For CLIP also the last block's CLS
+    query, keys and values (per head), which every re-run reuses."""
 
     hidden: object
     attention: np.ndarray
     grid: tuple[int, int]
     leading_keys: int
+    qkv: tuple | None = None
 
 
 def pooling_inputs(model, pixels) -> PoolingInputs:
@@ -49,6 +51,8 @@ def pooling_inputs(model, pixels) -> PoolingInputs:
             b, t, _ = x.shape
             q = attn.q_proj(x[:, :1]).view(b, 1, attn.num_heads, attn.head_dim).transpose(1, 2)
             k = attn.k_proj(x).view(b, t, attn.num_heads, attn.head_dim).transpose(1, 2)
+            v = attn.v_proj(x).view(b, t, attn.num_heads, attn.head_dim).transpose(1, 2)
+            qkv = (q, k, v)
             weights = torch.softmax((q @ k.transpose(-1, -2)) * attn.scale, dim=-1, dtype=torch.float32)
             attention = weights.mean(dim=1)[:, 0, 1:]
             leading = 1
@@ -59,10 +63,11 @@ def pooling_inputs(model, pixels) -> PoolingInputs:
             _, weights = head.attention(probe, hidden, hidden, need_weights=True,
                                         average_attn_weights=True)
             attention = weights[:, 0]
-            leading = 0
+            leading, qkv = 0, None
     patches = attention.shape[1]
     side = round(patches ** 0.5)
-    return PoolingInputs(hidden, attention.float().cpu().numpy(), (side, patches // side), leading)
+    return PoolingInputs(hidden, attention.float().cpu().numpy(), (side, patches // side), leading,
+                         qkv)
 
 
 def rerun_pooling(model, inputs: PoolingInputs, bias: np.ndarray) -> np.ndarray:
@@ -78,11 +83,7 @@ def rerun_pooling(model, inputs: PoolingInputs, bias: np.ndarray) -> np.ndarray:
             last = vision.encoder.layers[-1]
             attn = last.self_attn
             b = hidden.shape[0]
-            x = last.layer_norm1(hidden)
-            shape = (b, -1, attn.num_heads, attn.head_dim)
-            q = attn.q_proj(x[:, :1]).view(shape).transpose(1, 2)
-            k = attn.k_proj(x).view(shape).transpose(1, 2)
-            v = attn.v_proj(x).view(shape).transpose(1, 2)
+            q, k, v = inputs.qkv
             logits = (q @ k.transpose(-1, -2)) * attn.scale + bias_t[:, None, None, :]
             weights = torch.softmax(logits, dim=-1, dtype=torch.float32).to(q.dtype)
             mixed = (weights @ v).transpose(1, 2).reshape(b, 1, -1)
