@@ -14,7 +14,8 @@ File format (YAML or JSON; the built-in files are ``concepts/data/*.yaml``)::
         values: [wood, metal, glass]
         synonyms: {metal: [metal, steel]}
         templates: ["a photo of something made of {value}", "{a_value} surface"]
-        prompts: ["a wooden table"]          # optional, used as written
+        prompts: ["a wooden table"]          # optional, used as written; or per value:
+        # prompts: {wood: ["a wooden table"], glass: ["a window pane"]}
 
 A user file is merged over the built-in vocabulary: a condition with the same name (or alias)
 replaces the built-in one as a whole; the replaced name and its aliases become its aliases.
@@ -73,20 +74,30 @@ class Concept:
     extra_prompts: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
     source: str = "built-in"
+    value_prompts: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
 
     def surface_forms(self, value: str) -> tuple[str, ...]:
         """How prompts spell ``value`` (its synonyms, or the value itself)."""
         return tuple(self.synonyms.get(value, ())) or (value,)
 
-    def prompts(self) -> list[str]:
-        """values x surface forms x templates, then the literal prompts; deduplicated in order."""
-        filled = (
-            template.format(value=form, a_value=with_article(form))
+    def labelled_prompts(self) -> list[tuple[str, str | None]]:
+        """``(prompt, value)``: values x surface forms x templates, then the literal prompts per
+        value, then the unattributed ones (value ``None``); deduplicated in order."""
+        filled = [
+            (template.format(value=form, a_value=with_article(form)), value)
             for template in self.templates
             for value in self.values
             for form in self.surface_forms(value)
-        )
-        return _dedupe([*filled, *self.extra_prompts])
+        ]
+        literal = [(p, v) for v in self.values for p in self.value_prompts.get(v, ())]
+        seen: dict[str, str | None] = {}
+        for prompt, value in [*filled, *literal, *((p, None) for p in self.extra_prompts)]:
+            seen.setdefault(" ".join(prompt.split()), value)
+        return list(seen.items())
+
+    def prompts(self) -> list[str]:
+        """The prompt set (the prompts of :meth:`labelled_prompts`)."""
+        return [prompt for prompt, _ in self.labelled_prompts()]
 
 
 def prompt_set_hash(prompts: Iterable[str]) -> str:
@@ -144,12 +155,23 @@ def concept_from_dict(name: str, raw: object, source: str) -> Concept:
                 f"{where}: synonyms given for {value!r}, which is not in 'values'"
             )
         synonyms[str(value)] = _strings(forms, f"synonyms of {value!r}", where)
-    extra = _strings(raw.get("prompts", []), "'prompts'", where, allow_empty=True)
-    if not templates and not extra:
+    raw_prompts, value_prompts = raw.get("prompts", []), {}
+    if isinstance(raw_prompts, dict):
+        for value, prompts in raw_prompts.items():
+            if str(value) not in values:
+                raise VocabularyError(
+                    f"{where}: prompts given for {value!r}, which is not in 'values'"
+                )
+            value_prompts[str(value)] = _strings(prompts, f"prompts of {value!r}", where)
+        extra = ()
+    else:
+        extra = _strings(raw_prompts, "'prompts'", where, allow_empty=True)
+    if not templates and not extra and not value_prompts:
         raise VocabularyError(f"{where}: give 'templates' or 'prompts' (it has neither)")
     aliases = tuple(normalise_name(a) for a in _strings(raw.get("aliases", []), "'aliases'",
                                                          where, allow_empty=True))
-    return Concept(normalise_name(name), values, templates, synonyms, extra, aliases, source)
+    return Concept(normalise_name(name), values, templates, synonyms, extra, aliases, source,
+                   value_prompts)
 
 
 def read_vocabulary_file(path: Path | str) -> dict[str, Concept]:
@@ -255,6 +277,15 @@ class Vocabulary:
     def prompts_for(self, spec: str) -> list[str]:
         """The concatenated prompt sets of ``"colour+shape"`` (deduplicated, in order)."""
         return _dedupe(p for name in self.split(spec) for p in self.concept(name).prompts())
+
+    def labelled_prompts_for(self, spec: str) -> tuple[list[str], list[str | None]]:
+        """``(prompts, values)`` of ``"colour+shape"``: :meth:`prompts_for` and each prompt's
+        value as ``"condition=value"`` (``None`` when the prompt names no value)."""
+        seen: dict[str, str | None] = {}
+        for name in self.split(spec):
+            for prompt, value in self.concept(name).labelled_prompts():
+                seen.setdefault(prompt, None if value is None else f"{name}={value}")
+        return list(seen), list(seen.values())
 
 
 def load_vocabulary(path: Path | str | None = None,

@@ -3,11 +3,15 @@
 Protocol (METHODS.md section 1, the paper's): Shapes scenes of 1-4 identical objects in which
 shape, colour, size, texture and count vary independently (held-out test split); a seeded 1:9
 query/database split; for a query and a condition, the relevant database items are those with the
-same value of that condition; mAP per condition. Methods: ``plain`` (cosine of the raw image
-embeddings: one ranking for every condition), ``clay`` (conditional similarity with the
-vocabulary's prompts) and ``clay_nolog`` (the same without the log map). The result also holds a
-sweep over k and ``center`` (``sweep``), the evidence for the defaults of
-:class:`~sharpclip.methods.conditional.ConditionalConfig`.
+same value of that condition, and for a pair of conditions (``colour+shape``) those with the same
+value of every named condition; mAP per condition and per pair. Methods: ``plain`` (cosine of the
+raw image embeddings: one ranking for every condition), ``clay`` (the defaults of
+:class:`~sharpclip.methods.conditional.ConditionalConfig`, pairs by the mean of the per-condition
+similarities), ``clay_pooled`` (pairs by pooled prompts and one SVD, as the paper; single
+conditions are the same as ``clay``) and the ablations ``clay_nolog`` (no log map),
+``clay_asym`` (only the query projected, as GeneCIS), ``clay_norot`` (no rotation H) and
+``clay_k50`` (the paper's k = 50). The result also holds a sweep over the k rule, the prompt
+weighting and ``center`` on single conditions (``sweep``), the evidence for the defaults.
 
 The array stage (:func:`evaluate_embeddings`) is separate from generation and encoding
 (:func:`run_conditional`), so it can be checked on synthetic embeddings.
@@ -27,6 +31,7 @@ from sharpclip.data import shapes
 from sharpclip.eval import retrieval
 from sharpclip.eval.metrics import mean_average_precision
 from sharpclip.methods.conditional import (
+    WEIGHTINGS,
     ConditionalConfig,
     gallery_mean,
     project,
@@ -34,9 +39,19 @@ from sharpclip.methods.conditional import (
 )
 
 CONDITIONS = ("shape", "colour", "size", "texture", "count")
+PAIRS = ("colour+shape", "colour+texture", "shape+count", "size+colour")
 SWEEP_KS = (1, 2, 3, 4, 5, 6, 8, 12, 16, 32, 50)
 SWEEP_VARIANCE = (0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 QUERY_FRACTION = 0.1
+# method -> (ConditionalConfig overrides of the defaults, asymmetric)
+METHODS = {
+    "clay": ({}, False),
+    "clay_pooled": ({"combine": "pooled"}, False),
+    "clay_nolog": ({"log_map": False}, False),
+    "clay_asym": ({}, True),
+    "clay_norot": ({"rotation": False}, False),
+    "clay_k50": ({"k": 50}, False),
+}
 
 
 def _single_threaded_blas():
@@ -62,6 +77,13 @@ def scene_labels(samples: Sequence[shapes.ShapesSample]) -> dict[str, np.ndarray
     }
 
 
+def joint_labels(labels: Mapping[str, np.ndarray], spec: str) -> np.ndarray:
+    """Integer labels for ``"a+b"``: two items share one exactly when they have the same value
+    of every named condition."""
+    columns = np.stack([np.asarray(labels[c]).astype(str) for c in spec.split("+")], axis=1)
+    return np.unique(columns, axis=0, return_inverse=True)[1].reshape(-1)
+
+
 def query_split(n: int, seed: int,
                 query_fraction: float = QUERY_FRACTION) -> tuple[np.ndarray, np.ndarray]:
     """Seeded 1:9 split of ``n`` items: ``(query indices, database indices)``."""
@@ -80,85 +102,123 @@ def condition_map(scores: np.ndarray, query_labels: np.ndarray, db_labels: np.nd
     return mean_average_precision(scores[keep], relevant[keep])
 
 
-def _clay_maps(query: np.ndarray, database: np.ndarray, labels_q: Mapping[str, np.ndarray],
-               labels_db: Mapping[str, np.ndarray], prompts: Mapping[str, np.ndarray],
-               config: ConditionalConfig) -> tuple[dict[str, float], dict[str, int]]:
+def _clay_maps(query, database, labels_q, labels_db, prompts, values, config,
+               asymmetric=False, pairs=()) -> tuple[dict[str, float], dict[str, int]]:
+    """mAP per condition and per pair, and the k used, for one configuration."""
     mu_v = gallery_mean(database)
-    maps, ks = {}, {}
+    maps, ks, scores = {}, {}, {}
+
+    def similarity(prompt_embeddings, prompt_values):
+        W = projection_matrix(prompt_embeddings, mu_v, config, prompt_values)
+        return project(query, W) @ project(database, W, normalise=not asymmetric).T, W.shape[1]
+
     for condition, prompt_embeddings in prompts.items():
-        W = projection_matrix(prompt_embeddings, mu_v, config)
-        scores = project(query, W) @ project(database, W).T
-        maps[condition] = condition_map(scores, labels_q[condition], labels_db[condition])
-        ks[condition] = int(W.shape[1])
+        scores[condition], ks[condition] = similarity(prompt_embeddings, values.get(condition))
+        maps[condition] = condition_map(scores[condition], labels_q[condition],
+                                        labels_db[condition])
+    for spec in pairs:
+        names = spec.split("+")
+        if config.combine == "mean":
+            pair_scores = np.mean([scores[c] for c in names], axis=0)
+        else:
+            pooled_values = [f"{c}={v}" if v is not None else None for c in names
+                             for v in (values.get(c) or [None] * len(prompts[c]))]
+            pair_scores, ks[spec] = similarity(np.concatenate([prompts[c] for c in names]),
+                                               pooled_values)
+        maps[spec] = condition_map(pair_scores, labels_q[spec], labels_db[spec])
     return maps, ks
 
 
 def _summary(maps: dict[str, float]) -> dict:
-    return {"map": maps, "map_mean": float(np.mean(list(maps.values())))}
+    single = [v for c, v in maps.items() if "+" not in c]
+    pairs = [v for c, v in maps.items() if "+" in c]
+    return {"map": maps, "map_mean": float(np.mean(single)),
+            **({"map_mean_pairs": float(np.mean(pairs))} if pairs else {})}
 
 
-def _sweep(query, database, labels_q, labels_db, prompts, config, ks, variances) -> dict:
+def _sweep(query, database, labels_q, labels_db, prompts, values, config, ks, variances) -> dict:
     rows = []
-    for center in (False, True):
+    # every weighting without centring, and centring with the configured weighting
+    settings = [(w, False) for w in WEIGHTINGS] + [(config.weighting, True)]
+    for weighting, center in settings:
+        base = replace(config, weighting=weighting, center=center)
         for k in ks:
-            cfg = replace(config, k=int(k), center=center)
-            maps, _ = _clay_maps(query, database, labels_q, labels_db, prompts, cfg)
-            rows.append({"rule": "fixed", "k": int(k), "center": center, **_summary(maps)})
+            maps, _ = _clay_maps(query, database, labels_q, labels_db, prompts, values,
+                                 replace(base, k=int(k)))
+            rows.append({"rule": "fixed", "k": int(k), "weighting": weighting,
+                         "center": center, **_summary(maps)})
         for threshold in variances:
-            cfg = replace(config, k=None, explained_variance=float(threshold), center=center)
-            maps, used = _clay_maps(query, database, labels_q, labels_db, prompts, cfg)
+            cfg = replace(base, k=None, explained_variance=float(threshold))
+            maps, used = _clay_maps(query, database, labels_q, labels_db, prompts, values,
+                                    cfg)
             rows.append({"rule": "explained_variance", "threshold": float(threshold),
-                         "center": center, "k_used": used, **_summary(maps)})
+                         "weighting": weighting, "center": center, "k_used": used,
+                         **_summary(maps)})
     best = max(rows, key=lambda row: row["map_mean"])
     return {"metric": "map_mean", "log_map": config.log_map, "rows": rows,
-            "best": {key: best[key] for key in ("rule", "k", "threshold", "center", "map_mean")
-                     if key in best}}
+            "best": {key: best[key] for key in ("rule", "k", "threshold", "weighting", "center",
+                                                "map_mean") if key in best}}
 
 
 def evaluate_embeddings(
     images: np.ndarray, labels: Mapping[str, np.ndarray], prompts: Mapping[str, np.ndarray],
     seed: int = 0, config: ConditionalConfig | None = None,
     ks: Sequence[int] = SWEEP_KS, variances: Sequence[float] = SWEEP_VARIANCE,
+    prompt_values: Mapping[str, Sequence] | None = None, pairs: Sequence[str] | None = None,
+    methods: Sequence[str] = tuple(METHODS),
 ) -> dict:
     """The array stage: methods, params, sweep and timing from embeddings and labels.
 
     ``images``: (N, d) unit image embeddings; ``labels``: condition -> (N,) values;
-    ``prompts``: condition -> (n, d) unit prompt embeddings. Empty ``ks`` and ``variances``
-    skip the sweep.
+    ``prompts``: condition -> (n, d) unit prompt embeddings; ``prompt_values``: condition ->
+    each prompt's value (enables the prompt weighting); ``pairs``: ``"a+b"`` specs of
+    conditions in ``prompts`` (default: those of :data:`PAIRS` it can measure); ``methods``: which of :data:`METHODS` run beside ``plain``.
+    Empty ``ks`` and ``variances`` skip the sweep.
     """
+    if pairs is None:
+        pairs = [spec for spec in PAIRS if set(spec.split("+")) <= set(prompts)]
+    unknown = [spec for spec in pairs if not set(spec.split("+")) <= set(prompts)]
+    if unknown:
+        raise ValueError(f"pair {unknown[0]!r} names a condition without prompts")
     with _single_threaded_blas():
-        return _evaluate(images, labels, prompts, seed, config or ConditionalConfig(), ks,
-                         variances)
+        return _evaluate(images, labels, prompts, dict(prompt_values or {}), seed,
+                         config or ConditionalConfig(), ks, variances, tuple(pairs), methods)
 
 
-def _evaluate(images, labels, prompts, seed, config, ks, variances) -> dict:
+def _evaluate(images, labels, prompts, values, seed, config, ks, variances, pairs,
+              methods) -> dict:
     q_idx, db_idx = query_split(len(images), seed)
     query, database = images[q_idx], images[db_idx]
-    labels_q = {c: np.asarray(v)[q_idx] for c, v in labels.items()}
-    labels_db = {c: np.asarray(v)[db_idx] for c, v in labels.items()}
-    timing, methods, params = {}, {}, {}
+    labels = {**{c: np.asarray(labels[c]) for c in prompts},
+              **{spec: joint_labels(labels, spec) for spec in pairs}}
+    labels_q = {c: v[q_idx] for c, v in labels.items()}
+    labels_db = {c: v[db_idx] for c, v in labels.items()}
+    timing, results, params = {}, {}, {}
 
     start = time.perf_counter()
     plain_scores = query @ database.T
-    methods["plain"] = _summary({c: condition_map(plain_scores, labels_q[c], labels_db[c])
-                                 for c in prompts})
+    results["plain"] = _summary({c: condition_map(plain_scores, labels_q[c], labels_db[c])
+                                 for c in labels})
     timing["plain"] = time.perf_counter() - start
     params["plain"] = {}
 
-    for name, cfg in (("clay", config), ("clay_nolog", replace(config, log_map=False))):
+    for name in methods:
+        overrides, asymmetric = METHODS[name]
+        cfg = replace(config, **overrides)
         start = time.perf_counter()
-        maps, used = _clay_maps(query, database, labels_q, labels_db, prompts, cfg)
+        maps, used = _clay_maps(query, database, labels_q, labels_db, prompts, values, cfg,
+                                asymmetric, pairs)
         timing[name] = time.perf_counter() - start
-        methods[name] = _summary(maps)
-        params[name] = {**asdict(cfg), "k_used": used,
+        results[name] = _summary(maps)
+        params[name] = {**asdict(cfg), "asymmetric": asymmetric, "k_used": used,
                         "prompts": {c: len(p) for c, p in prompts.items()}}
 
-    result = {"methods": methods, "params": params,
+    result = {"methods": results, "params": params,
               "split": {"queries": len(q_idx), "database": len(db_idx)}}
     if len(ks) or len(variances):
         start = time.perf_counter()
-        result["sweep"] = _sweep(query, database, labels_q, labels_db, prompts, config, ks,
-                                 variances)
+        result["sweep"] = _sweep(query, database, labels_q, labels_db, prompts, values, config,
+                                 ks, variances)
         timing["sweep"] = time.perf_counter() - start
     result["timing_s"] = timing
     return result
@@ -167,7 +227,7 @@ def _evaluate(images, labels, prompts, seed, config, ks, variances) -> dict:
 def run_conditional(
     model, seed: int = 0, size: int = 5000, ks: Sequence[int] = SWEEP_KS,
     variances: Sequence[float] = SWEEP_VARIANCE, config: ConditionalConfig | None = None,
-    conditions: Sequence[str] = CONDITIONS, vocabulary=None,
+    conditions: Sequence[str] = CONDITIONS, vocabulary=None, pairs: Sequence[str] = PAIRS,
 ) -> dict:
     """Generate the scenes, encode them and the prompts, evaluate; returns results.json."""
     from sharpclip.concepts import load_vocabulary, prompt_set_hash
@@ -181,13 +241,15 @@ def run_conditional(
     encode_images = time.perf_counter() - start
 
     start = time.perf_counter()
-    prompt_sets = {c: vocabulary.prompts(c) for c in conditions}
+    labelled = {c: vocabulary.concept(c).labelled_prompts() for c in conditions}
+    prompt_sets = {c: [p for p, _ in pv] for c, pv in labelled.items()}
     prompts = {c: model.encode_texts(p) for c, p in prompt_sets.items()}
     encode_prompts = time.perf_counter() - start
 
     all_labels = scene_labels(samples)
     labels = {c: all_labels[vocabulary.resolve(c)] for c in conditions}
-    body = evaluate_embeddings(images, labels, prompts, seed, config, ks, variances)
+    body = evaluate_embeddings(images, labels, prompts, seed, config, ks, variances,
+                               {c: [v for _, v in pv] for c, pv in labelled.items()}, pairs)
     timing = {"encode_images": encode_images, "encode_prompts": encode_prompts,
               **body.pop("timing_s")}
     body["params"]["data"] = {"kind": data.kind, "max_count": data.max_count,
@@ -207,31 +269,45 @@ def _cell(row: dict) -> str:
     return f"ev>={row['threshold']:g}"
 
 
-def to_markdown(result: dict) -> str:
-    """Markdown: the methods' mAP per condition, then the k/center sweep (if present)."""
-    conditions = list(next(iter(result["methods"].values()))["map"])
-    header = "| method | " + " | ".join(conditions) + " | map_mean |"
-    rule = "|---" * (len(conditions) + 2) + "|"
-    lines = [(f"task `{result['task']}`, model `{result['model']}`, seed {result['seed']}, "
-              f"size {result['size']}"), "", header, rule]
+def _table(result: dict, columns: list[str], mean_key: str) -> list[str]:
+    lines = ["| method | " + " | ".join(columns) + f" | {mean_key} |",
+             "|---" * (len(columns) + 2) + "|"]
     for method, metrics in result["methods"].items():
-        cells = " | ".join(f"{metrics['map'][c]:.3f}" for c in conditions)
-        lines.append(f"| {method} | {cells} | {metrics['map_mean']:.3f} |")
+        cells = " | ".join(f"{metrics['map'][c]:.3f}" for c in columns)
+        lines.append(f"| {method} | {cells} | {metrics[mean_key]:.3f} |")
+    return lines
+
+
+def to_markdown(result: dict) -> str:
+    """Markdown: the methods' mAP per condition, per pair, then the sweep (if present)."""
+    keys = list(next(iter(result["methods"].values()))["map"])
+    conditions = [c for c in keys if "+" not in c]
+    pairs = [c for c in keys if "+" in c]
+    lines = [(f"task `{result['task']}`, model `{result['model']}`, seed {result['seed']}, "
+              f"size {result['size']}"
+              + (f", data `{result['data']}`" if "data" in result else "")), "",
+             *_table(result, conditions, "map_mean")]
+    if pairs:
+        lines += ["", *_table(result, pairs, "map_mean_pairs")]
     clay = result.get("params", {}).get("clay")
     if clay:
         k = clay["k"] if clay["k"] is not None else \
             f"explained variance >= {clay['explained_variance']}"
         used = ", ".join(f"{c} {v}" for c, v in clay["k_used"].items())
-        lines += ["", f"clay: k = {k} (used: {used}), center = {str(clay['center']).lower()}"]
+        lines += ["", f"clay: k = {k} (used: {used}), weighting = {clay['weighting']}, "
+                      f"center = {str(clay['center']).lower()}, pairs = {clay['combine']}"]
+    skipped = result.get("params", {}).get("data", {}).get("skipped")
+    if skipped:
+        lines += ["", f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}"]
     sweep = result.get("sweep")
     if sweep:
         lines += ["", f"sweep (clay, log map {str(sweep['log_map']).lower()}; mAP):", "",
-                  "| rule | center | " + " | ".join(conditions) + " | map_mean |",
-                  "|---" * (len(conditions) + 3) + "|"]
+                  "| rule | weighting | center | " + " | ".join(conditions) + " | map_mean |",
+                  "|---" * (len(conditions) + 4) + "|"]
         for row in sweep["rows"]:
             cells = " | ".join(f"{row['map'][c]:.3f}" for c in conditions)
-            lines.append(f"| {_cell(row)} | {str(row['center']).lower()} | {cells} | "
-                         f"{row['map_mean']:.3f} |")
+            lines.append(f"| {_cell(row)} | {row['weighting']} | {str(row['center']).lower()} "
+                         f"| {cells} | {row['map_mean']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

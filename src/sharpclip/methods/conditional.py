@@ -30,11 +30,20 @@ Reconstruction (the paper is silent; our choices, each a field of :class:`Condit
 - ``log_map=False`` (the ablation): the SVD runs on the plain tangent projections
   ``T - (T . mu_c) mu_c`` instead of the log-mapped prompts. On the gallery side the log map only
   rescales each vector, which cosine ignores, so the subspace is where the ablation differs.
-- The rotation: the two-reflection construction above (the paper only says "Householder").
+- The rotation: the two-reflection construction above (the paper only says "Householder");
+  ``rotation=False`` is the ablation ``H = I``.
+- ``weighting="value"``: when each prompt's value is known (``prompt_values``), every value's
+  prompts share one unit of weight in ``mu_c`` and in the SVD (rows scaled by sqrt(weight)), so a
+  value spelled in more ways does not own more of the subspace. ``"prompt"`` is the paper's
+  plain mean; ``"value_mean"`` replaces each value's prompts by their normalised mean.
+- Several conditions (``"colour+shape"``): ``combine="mean"`` averages the per-condition
+  similarities (:func:`project_combined`); ``"pooled"`` concatenates the prompt sets and calls
+  the same functions (one SVD, same k rule), as the paper.
+- The asymmetric ablation (as GeneCIS): only the query is projected,
+  ``cos(f(q), H g)`` = ``project(q, W) @ project(g, W, normalise=False).T``.
 
 Inputs: ``prompt_embeddings`` (n x d), gallery/query embeddings (N x d), all L2-normalised rows
-(rows are re-normalised defensively). Relations: multi-condition search ("colour+shape")
-concatenates the prompt sets and calls the same functions (one SVD, same k rule).
+(rows are re-normalised defensively); optional ``prompt_values`` (n,).
 
 Example::
 
@@ -51,11 +60,16 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 _EPS = 1e-12
+
+
+WEIGHTINGS = ("prompt", "value", "value_mean")
+COMBINATIONS = ("mean", "pooled")
 
 
 @dataclass(frozen=True)
@@ -66,12 +80,22 @@ class ConditionalConfig:
     ``explained_variance``). ``center``: centre the tangent vectors before the SVD. ``log_map``:
     ``False`` is the no-log-map ablation (SVD of plain tangent projections).
     ``explained_variance``: threshold of the ``k=None`` rule, in (0, 1].
+    ``weighting``: how prompts enter the mean and the SVD when their values are known:
+    ``"prompt"`` (each prompt once, the paper), ``"value"`` (each value's prompts share one unit
+    of weight, so a value with more synonyms or templates does not pull the subspace towards
+    it) or ``"value_mean"`` (one row per value: the normalised mean of its prompts).
+    ``rotation``: ``False`` is the no-rotation ablation (``H = I``).
+    ``combine``: how several conditions (``colour+shape``) are compared: ``"mean"`` of the
+    per-condition similarities, or ``"pooled"`` prompts with one SVD (the paper).
     """
 
     k: int | None = None
     center: bool = False
     log_map: bool = True
-    explained_variance: float = 0.85
+    explained_variance: float = 0.9
+    weighting: str = "value"
+    rotation: bool = True
+    combine: str = "mean"
 
     def __post_init__(self) -> None:
         if self.k is not None and (not isinstance(self.k, int) or self.k < 1):
@@ -80,6 +104,12 @@ class ConditionalConfig:
             raise ValueError(
                 f"explained_variance must be in (0, 1] (got {self.explained_variance!r})"
             )
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)} "
+                             f"(got {self.weighting!r})")
+        if self.combine not in COMBINATIONS:
+            raise ValueError(f"combine must be one of {', '.join(COMBINATIONS)} "
+                             f"(got {self.combine!r})")
 
 
 def _rows(x: np.ndarray, name: str) -> np.ndarray:
@@ -175,33 +205,66 @@ def choose_k(singular_values: np.ndarray, config: ConditionalConfig) -> int:
     return int(min(np.searchsorted(energy, config.explained_variance - 1e-12) + 1, rank))
 
 
-def _prompt_tangents(prompts: np.ndarray, config: ConditionalConfig) -> tuple[np.ndarray, ...]:
+def prompt_weights(values: Sequence | None, n: int, weighting: str) -> np.ndarray:
+    """Per-prompt weights summing to 1: equal, or (``"value"``) equal per value then split among
+    that value's prompts. Prompts whose value is ``None`` weigh as much as an average prompt."""
+    if weighting == "prompt" or values is None:
+        return np.full(n, 1.0 / n)
+    if len(values) != n:
+        raise ValueError(f"{len(values)} prompt values for {n} prompts")
+    known = [v for v in values if v is not None]
+    counts = {v: known.count(v) for v in set(known)}
+    average = len(known) / len(counts) if counts else 1.0
+    weights = np.array([1.0 / counts[v] if v is not None else 1.0 / average for v in values])
+    return weights / weights.sum()
+
+
+def value_means(prompts: np.ndarray, values: Sequence) -> np.ndarray:
+    """One unit row per value (in order of first appearance): the normalised mean of its prompts;
+    prompts whose value is ``None`` stay rows of their own."""
+    groups: dict = {}
+    for i, value in enumerate(values):
+        groups.setdefault(("v", value) if value is not None else ("p", i), []).append(i)
+    return _unit(np.stack([prompts[rows].mean(axis=0) for rows in groups.values()]))
+
+
+def _prompt_tangents(prompts: np.ndarray, config: ConditionalConfig,
+                     values: Sequence | None = None) -> tuple[np.ndarray, ...]:
     prompts = _unit(_rows(prompts, "prompt_embeddings"))
-    mu_c = _unit_vector(prompts.mean(axis=0), "the prompt mean")
+    if config.weighting == "value_mean" and values is not None:
+        if len(values) != len(prompts):
+            raise ValueError(f"{len(values)} prompt values for {len(prompts)} prompts")
+        prompts, values = value_means(prompts, values), None
+    weights = prompt_weights(values, len(prompts), config.weighting)
+    mu_c = _unit_vector(weights @ prompts, "the prompt mean")
     tangents = log_map(prompts, mu_c) if config.log_map else tangent_projection(prompts, mu_c)
     if config.center:
-        tangents = tangents - tangents.mean(axis=0)
-    return mu_c, tangents
+        tangents = tangents - weights @ tangents
+    # rows scaled by sqrt(weight): the SVD then decomposes the weighted second moment
+    return mu_c, tangents * np.sqrt(weights * len(weights))[:, None]
 
 
 def condition_subspace(
-    prompt_embeddings: np.ndarray, config: ConditionalConfig = ConditionalConfig()
+    prompt_embeddings: np.ndarray, config: ConditionalConfig = ConditionalConfig(),
+    prompt_values: Sequence | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(mu_c, V_k)``: the base point (d,) and an orthonormal basis (d x k) of the condition.
 
     ``V_k`` is orthogonal to ``mu_c`` (its columns are right singular vectors of tangent vectors).
+    ``prompt_values`` (one per prompt, ``None`` when unknown) enables ``config.weighting``.
     """
-    mu_c, tangents = _prompt_tangents(prompt_embeddings, config)
+    mu_c, tangents = _prompt_tangents(prompt_embeddings, config, prompt_values)
     _, s, vt = np.linalg.svd(tangents, full_matrices=False)
     k = choose_k(s, config)
     return mu_c, vt[:k].T.copy()
 
 
 def explained_variance_curve(
-    prompt_embeddings: np.ndarray, config: ConditionalConfig = ConditionalConfig()
+    prompt_embeddings: np.ndarray, config: ConditionalConfig = ConditionalConfig(),
+    prompt_values: Sequence | None = None,
 ) -> np.ndarray:
     """Cumulative explained variance of the prompt tangent matrix (for reports and k sweeps)."""
-    _, tangents = _prompt_tangents(prompt_embeddings, config)
+    _, tangents = _prompt_tangents(prompt_embeddings, config, prompt_values)
     s = np.linalg.svd(tangents, compute_uv=False)
     return np.cumsum(s**2) / max(np.sum(s**2), _EPS)
 
@@ -216,30 +279,60 @@ def conditional_features(
     return tangent @ basis @ basis.T
 
 
+def alignment(mu_v: np.ndarray, mu_c: np.ndarray, config: ConditionalConfig) -> np.ndarray:
+    """``H``: :func:`householder_alignment`, or the identity for the no-rotation ablation."""
+    if not config.rotation:
+        return np.eye(np.asarray(mu_c).size)
+    return householder_alignment(mu_v, mu_c)
+
+
 def conditional_similarity_literal(
     q: np.ndarray, g: np.ndarray, prompt_embeddings: np.ndarray, mu_v: np.ndarray,
-    config: ConditionalConfig = ConditionalConfig(),
+    config: ConditionalConfig = ConditionalConfig(), prompt_values: Sequence | None = None,
 ) -> np.ndarray:
     """``csim(q, g | c)`` (Q x N) computed step by step as METHODS.md states it (slow path)."""
-    mu_c, basis = condition_subspace(prompt_embeddings, config)
-    rotation = householder_alignment(mu_v, mu_c)
+    mu_c, basis = condition_subspace(prompt_embeddings, config, prompt_values)
+    rotation = alignment(mu_v, mu_c, config)
     fq = _unit(conditional_features(q, mu_c, basis, rotation, config.log_map))
     fg = _unit(conditional_features(g, mu_c, basis, rotation, config.log_map))
     return fq @ fg.T
 
 
+def asymmetric_similarity_literal(
+    q: np.ndarray, g: np.ndarray, prompt_embeddings: np.ndarray, mu_v: np.ndarray,
+    config: ConditionalConfig = ConditionalConfig(), prompt_values: Sequence | None = None,
+) -> np.ndarray:
+    """The asymmetric ablation (as GeneCIS): only the query is projected,
+    ``cos(f(q), H g)`` (Q x N), the gallery image aligned by ``H`` but kept whole (slow path)."""
+    mu_c, basis = condition_subspace(prompt_embeddings, config, prompt_values)
+    rotation = alignment(mu_v, mu_c, config)
+    fq = _unit(conditional_features(q, mu_c, basis, rotation, config.log_map))
+    return fq @ _unit(_unit(_rows(g, "g")) @ rotation.T).T
+
+
 def projection_matrix(
     prompt_embeddings: np.ndarray, mu_v: np.ndarray,
-    config: ConditionalConfig = ConditionalConfig(),
+    config: ConditionalConfig = ConditionalConfig(), prompt_values: Sequence | None = None,
 ) -> np.ndarray:
     """``W = H^T V_k`` (d x k): the fast path's per-condition projection."""
-    mu_c, basis = condition_subspace(prompt_embeddings, config)
-    return householder_alignment(mu_v, mu_c).T @ basis
+    mu_c, basis = condition_subspace(prompt_embeddings, config, prompt_values)
+    return alignment(mu_v, mu_c, config).T @ basis
 
 
-def project(vectors: np.ndarray, W: np.ndarray) -> np.ndarray:
+def project(vectors: np.ndarray, W: np.ndarray, normalise: bool = True) -> np.ndarray:
     """``n(vectors @ W)`` as float32 (N x k); ``project(q, W) @ project(g, W).T`` is csim.
 
     A vector with no component in the subspace projects to zeros (similarity 0 to everything).
+    ``normalise=False`` on the gallery side gives the asymmetric form:
+    ``project(q, W) @ project(g, W, normalise=False).T`` is ``cos(f(q), H g)`` for unit ``g``.
     """
-    return _unit(_rows(vectors, "vectors") @ np.asarray(W, dtype=np.float64)).astype(np.float32)
+    projected = _rows(vectors, "vectors") @ np.asarray(W, dtype=np.float64)
+    return (_unit(projected) if normalise else projected).astype(np.float32)
+
+
+def project_combined(vectors: np.ndarray, Ws: Sequence[np.ndarray]) -> np.ndarray:
+    """The per-condition projections side by side, each unit-norm, scaled by ``1/sqrt(m)``:
+    ``project_combined(q, Ws) @ project_combined(g, Ws).T`` is the mean over the ``m``
+    conditions of ``csim(q, g | c)`` (``combine="mean"``), so one scan serves ``a+b``."""
+    scale = np.float32(1.0 / np.sqrt(len(Ws)))
+    return np.concatenate([project(vectors, W) for W in Ws], axis=1) * scale
