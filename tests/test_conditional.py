@@ -6,6 +6,7 @@ import pytest
 
 from sharpclip.methods.conditional import (
     ConditionalConfig,
+    asymmetric_similarity_literal,
     choose_k,
     condition_subspace,
     conditional_features,
@@ -15,6 +16,7 @@ from sharpclip.methods.conditional import (
     householder_alignment,
     log_map,
     project,
+    project_combined,
     projection_matrix,
 )
 
@@ -24,7 +26,11 @@ CONFIGS = [
     ConditionalConfig(k=6, center=True),
     ConditionalConfig(k=5, log_map=False),
     ConditionalConfig(k=500),  # capped at the rank
+    ConditionalConfig(k=4, rotation=False),
+    ConditionalConfig(weighting="prompt", k=3),
 ]
+# a value per prompt (uneven groups) for the weighted configurations
+VALUES = [f"v{i % 7 if i % 3 else 0}" for i in range(60)]
 
 
 def unit(x):
@@ -45,12 +51,91 @@ def fast(q, g, prompts, config):
     return project(q, W) @ project(g, W).T
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=repr)
-def test_fast_path_equals_literal_on_random_embeddings(config):
+@pytest.mark.parametrize("values", [None, VALUES], ids=["no values", "values"])
+@pytest.mark.parametrize("config", CONFIGS + [ConditionalConfig(weighting="value_mean")],
+                         ids=repr)
+def test_fast_path_equals_literal_on_random_embeddings(config, values):
     prompts, images = embeddings()
     literal = conditional_similarity_literal(images[:25], images, prompts, gallery_mean(images),
-                                             config)
-    np.testing.assert_allclose(fast(images[:25], images, prompts, config), literal, atol=1e-5)
+                                             config, values)
+    W = projection_matrix(prompts, gallery_mean(images), config, values)
+    np.testing.assert_allclose(project(images[:25], W) @ project(images, W).T, literal,
+                               atol=1e-5)
+    asymmetric = asymmetric_similarity_literal(images[:25], images, prompts,
+                                               gallery_mean(images), config, values)
+    np.testing.assert_allclose(project(images[:25], W) @ project(images, W, normalise=False).T,
+                               asymmetric, atol=1e-5)
+
+
+def test_no_rotation_ablation_is_the_literal_definition_with_identity():
+    """rotation=False: f(v) = V_k V_k^T log_{mu_c}(v), written out here from METHODS.md."""
+    prompts, images = embeddings(seed=8)
+    config = ConditionalConfig(k=4, rotation=False, weighting="prompt")
+    mu_c = unit(prompts.mean(axis=0))
+    logs = log_map(prompts, mu_c)
+    V = np.linalg.svd(logs)[2][:4].T
+    f = unit(log_map(images, mu_c) @ V @ V.T)
+    expected = f[:20] @ f.T
+    got = conditional_similarity_literal(images[:20], images, prompts, gallery_mean(images),
+                                         config)
+    np.testing.assert_allclose(got, expected, atol=1e-10)
+    rotated = conditional_similarity_literal(images[:20], images, prompts, gallery_mean(images),
+                                             ConditionalConfig(k=4, weighting="prompt"))
+    assert np.abs(rotated - expected).max() > 1e-3  # the rotation does change the comparison
+
+
+def test_asymmetric_ablation_is_cosine_of_the_projected_query_and_the_aligned_image():
+    """cos(f(q), H g): the query projected, the gallery image only rotated (as GeneCIS)."""
+    prompts, images = embeddings(seed=9)
+    config = ConditionalConfig(k=3)
+    mu_v = gallery_mean(images)
+    mu_c, V = condition_subspace(prompts, config)
+    H = householder_alignment(mu_v, mu_c)
+    fq = unit(log_map(images[:15] @ H.T, mu_c) @ V @ V.T)
+    expected = fq @ unit(images @ H.T).T
+    got = asymmetric_similarity_literal(images[:15], images, prompts, mu_v, config)
+    np.testing.assert_allclose(got, expected, atol=1e-10)
+    symmetric = conditional_similarity_literal(images[:15], images, prompts, mu_v, config)
+    assert np.abs(got - symmetric).max() > 1e-3
+
+
+def test_value_weighting_ignores_how_often_a_value_is_spelled():
+    """weighting="value": spelling one value's prompts three times over changes nothing;
+    weighting="prompt" (the paper's plain mean) is pulled towards that value."""
+    prompts, _ = embeddings(seed=10, n_prompts=40)
+    values = [f"v{i % 4}" for i in range(40)]
+    repeated = np.concatenate([prompts, prompts[::4], prompts[::4]])  # every v0 prompt x 3
+    repeated_values = values + ["v0"] * 20
+    for weighting, same in (("value", True), ("prompt", False)):
+        config = ConditionalConfig(k=3, weighting=weighting)
+        mu_a, V_a = condition_subspace(prompts, config, values)
+        mu_b, V_b = condition_subspace(repeated, config, repeated_values)
+        close = np.allclose(V_a @ V_a.T, V_b @ V_b.T, atol=1e-8) and np.allclose(mu_a, mu_b)
+        assert close is same, weighting
+
+
+def test_value_mean_weighting_is_the_paper_method_on_the_value_means():
+    prompts, images = embeddings(seed=11)
+    means = unit(np.stack([prompts[np.array(VALUES) == v].mean(axis=0)
+                           for v in dict.fromkeys(VALUES)]))
+    mu_v = gallery_mean(images)
+    got = projection_matrix(prompts, mu_v, ConditionalConfig(k=3, weighting="value_mean"),
+                            VALUES)
+    expected = projection_matrix(means, mu_v, ConditionalConfig(k=3, weighting="prompt"))
+    np.testing.assert_allclose(got @ got.T, expected @ expected.T, atol=1e-10)
+
+
+def test_combined_projection_is_the_mean_of_the_per_condition_similarities():
+    prompts, images = embeddings(seed=12)
+    other, _ = embeddings(seed=13)
+    mu_v = gallery_mean(images)
+    Ws = [projection_matrix(p, mu_v, ConditionalConfig(k=k)) for p, k in ((prompts, 3),
+                                                                         (other, 5))]
+    expected = np.mean([conditional_similarity_literal(images[:10], images, p, mu_v,
+                                                       ConditionalConfig(k=k))
+                        for p, k in ((prompts, 3), (other, 5))], axis=0)
+    got = project_combined(images[:10], Ws) @ project_combined(images, Ws).T
+    np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
 def test_fast_path_equals_literal_on_bundled_model_embeddings():
@@ -62,7 +147,8 @@ def test_fast_path_equals_literal_on_bundled_model_embeddings():
     samples = shapes.generate(shapes.ShapesConfig(size=40, seed=3, image_size=64))
     images = model.encode_images([s.image for s in samples])
     prompts = model.encode_texts(load_vocabulary().prompts_for("colour+texture"))
-    for config in (ConditionalConfig(), ConditionalConfig(k=50), ConditionalConfig(log_map=False)):
+    for config in (ConditionalConfig(), ConditionalConfig(k=50), ConditionalConfig(log_map=False),
+                   ConditionalConfig(rotation=False)):
         literal = conditional_similarity_literal(images[:8], images, prompts,
                                                  gallery_mean(images), config)
         np.testing.assert_allclose(fast(images[:8], images, prompts, config), literal, atol=1e-5)
@@ -176,6 +262,12 @@ def test_config_validation_and_degenerate_inputs():
         ConditionalConfig(k=0)
     with pytest.raises(ValueError, match="explained_variance"):
         ConditionalConfig(explained_variance=1.5)
+    with pytest.raises(ValueError, match="weighting must be"):
+        ConditionalConfig(weighting="values")
+    with pytest.raises(ValueError, match="combine must be"):
+        ConditionalConfig(combine="max")
+    with pytest.raises(ValueError, match="3 prompt values for 5 prompts"):
+        condition_subspace(unit(np.eye(5) + 1), ConditionalConfig(), ["a", "b", "c"])
     same = np.tile(unit(np.arange(1.0, 5.0)), (5, 1))
     with pytest.raises(ValueError, match="two distinct prompts"):
         condition_subspace(same)

@@ -84,9 +84,21 @@ def _cmd_train_base(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from sharpclip.models import load_model
 
-    if args.task == "conditional":
+    if args.task != "conditional" and (args.data or args.concepts or args.condition):
+        raise UsageError("--data, --concepts and --condition belong to `eval conditional`")
+    if args.task == "conditional" and args.data is not None:
+        from sharpclip.eval import conditional as task
+        from sharpclip.eval.conditional_folder import run_folder_conditional, user_condition
+
+        user_condition(args.concepts, args.condition)  # a usage error before the model loads
+        result = run_folder_conditional(load_model(args.model), args.data, args.concepts,
+                                        args.condition, seed=args.seed)
+    elif args.task == "conditional":
         from sharpclip.eval import conditional as task
 
+        if args.concepts or args.condition:
+            raise UsageError("--concepts and --condition check your own folder: add --data DIR "
+                             "(one subfolder of images per value)")
         size = args.size or 5000
         result = task.run_conditional(load_model(args.model), seed=args.seed, size=size)
     elif args.task == "identity":
@@ -439,6 +451,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "2000 renderings of identities")
     p.add_argument("--layout", default="varied",
                    help="binding: object placement, varied (anywhere, any scale) or fixed")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="conditional: check a condition on your own folder, one subfolder of "
+                   "images per value (plain vs clay mAP)")
+    p.add_argument("--concepts", default=None, metavar="FILE",
+                   help="conditional --data: your vocabulary file (YAML/JSON) defining the "
+                   "condition")
+    p.add_argument("--condition", default=None,
+                   help="conditional --data: the condition the folder is labelled by (default: "
+                   "the only one --concepts defines)")
     p.add_argument("--out", default="eval-out", help="output directory")
     p.set_defaults(func=_cmd_eval)
 
