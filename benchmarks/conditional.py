@@ -40,10 +40,11 @@ def main() -> None:
     gallery = rng.standard_normal((args.n, model.dim)).astype(np.float32)
     gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
     query = gallery[0]
-    prompts = load_vocabulary().prompts_for(args.condition)
+    prompts, values = load_vocabulary().labelled_prompts_for(args.condition)
 
     def prepare():
-        W = projection_matrix(model.encode_texts(prompts), gallery_mean(gallery))
+        W = projection_matrix(model.encode_texts(prompts), gallery_mean(gallery),
+                              prompt_values=values)
         return W, project(gallery, W)
 
     start = time.perf_counter()

@@ -208,3 +208,29 @@ def test_user_folder_errors_are_one_line(tmp_path, capsys, damage, message):
                      "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_search_under_two_conditions_ranks_by_the_mean_of_their_similarities(tmp_path, model):
+    """`--condition colour+shape` uses the default combination (the mean of the per-condition
+    similarities), computed here from the collection's vectors and the vocabulary."""
+    from scenes import write_scenes
+    from sharpclip.collection import Collection
+    from sharpclip.concepts import load_vocabulary
+    from sharpclip.ingest import IndexConfig
+    from sharpclip.methods.conditional import conditional_similarity_literal, gallery_mean
+
+    paths = write_scenes(tmp_path / "in", 10, seed=4)
+    with Collection.create(tmp_path / "c.sc", model) as coll:
+        coll.add([tmp_path / "in"], config=IndexConfig(workers=0, progress=False))
+        hits = coll.search(like=paths[0], k=10, condition="colour+shape").hits
+    from sharpclip.data.imagefiles import load_rgb
+
+    vectors = model.encode_images([load_rgb(p) for p in paths])
+    vocabulary, mu_v = load_vocabulary(), gallery_mean(vectors)
+    expected = np.mean([conditional_similarity_literal(
+        vectors[:1], vectors, model.encode_texts(prompts), mu_v, ConditionalConfig(), values)[0]
+        for prompts, values in map(vocabulary.labelled_prompts_for, ("colour", "shape"))], axis=0)
+    by_path = {str(p): s for p, s in zip(paths, expected)}
+    assert len(hits) == 10
+    for hit in hits:
+        assert hit.score == pytest.approx(by_path[str(hit.path)], abs=1e-4)

@@ -25,8 +25,8 @@ def _describe(spec: shapes.SceneSpec) -> str:
 
 def _conditional_query(model, vectors: np.ndarray, gallery: list) -> None:
     """The same image query, compared only in colour (METHODS.md §1, fast path)."""
-    prompts = load_vocabulary().prompts_for("colour")
-    W = projection_matrix(model.encode_texts(prompts), gallery_mean(vectors))
+    prompts, values = load_vocabulary().labelled_prompts_for("colour")
+    W = projection_matrix(model.encode_texts(prompts), gallery_mean(vectors), prompt_values=values)
     projected = project(vectors, W)
     scores = projected @ projected[0]
     print(f"\nimage query #0 under --condition colour ({len(prompts)} prompts, k={W.shape[1]}):")

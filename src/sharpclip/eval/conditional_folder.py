@@ -86,12 +86,12 @@ def run_folder_conditional(model, data: Path | str, concepts: Path | str | None 
     body = evaluate_embeddings(vectors, {name: labels}, {name: prompts}, seed, ks=(),
                                variances=(), prompt_values={name: [v for _, v in labelled]},
                                pairs=(), methods=("clay",))
-    body["params"]["data"] = {**body.pop("split"), "values": {v: len(i) for v, i in
-                                                             by_value.items()},
-                              "skipped": skipped, "prompt_set": prompt_set_hash(
-                                  [p for p, _ in labelled])[:16]}
+    body["params"]["data"] = {**body.pop("split"),
+                              "values": {v: len(i) for v, i in by_value.items()},
+                              "skipped": skipped,
+                              "prompt_set": prompt_set_hash([p for p, _ in labelled])[:16]}
     return {"task": "conditional", "model": model.fingerprint, "seed": seed,
-            "size": int(len(labels)), "data": str(data), "condition": name,
+            "size": len(labels), "data": str(data), "condition": name,
             "methods": body["methods"], "params": body["params"],
             "timing_s": {"encode_images": round(encode_images, 3),
                          **{k: round(v, 3) for k, v in body.pop("timing_s").items()}}}
