@@ -107,7 +107,7 @@ def test_value_weighting_ignores_how_often_a_value_is_spelled():
     repeated = np.concatenate([prompts, prompts[::4], prompts[::4]])  # every v0 prompt x 3
     repeated_values = values + ["v0"] * 20
     for weighting, same in (("value", True), ("prompt", False)):
-        config = ConditionalConfig(k=3, weighting=weighting)
+        config = ConditionalConfig(k=3, weighting=weighting, prompts_per_value=None)
         mu_a, V_a = condition_subspace(prompts, config, values)
         mu_b, V_b = condition_subspace(repeated, config, repeated_values)
         close = np.allclose(V_a @ V_a.T, V_b @ V_b.T, atol=1e-8) and np.allclose(mu_a, mu_b)
@@ -119,10 +119,28 @@ def test_value_mean_weighting_is_the_paper_method_on_the_value_means():
     means = unit(np.stack([prompts[np.array(VALUES) == v].mean(axis=0)
                            for v in dict.fromkeys(VALUES)]))
     mu_v = gallery_mean(images)
-    got = projection_matrix(prompts, mu_v, ConditionalConfig(k=3, weighting="value_mean"),
-                            VALUES)
+    got = projection_matrix(prompts, mu_v, ConditionalConfig(k=3, weighting="value_mean",
+                                                              prompts_per_value=None), VALUES)
     expected = projection_matrix(means, mu_v, ConditionalConfig(k=3, weighting="prompt"))
     np.testing.assert_allclose(got @ got.T, expected @ expected.T, atol=1e-10)
+
+
+def test_prompts_per_value_keeps_the_first_prompts_of_each_value():
+    prompts, images = embeddings(seed=14)
+    values = [None if i % 10 == 9 else f"v{i % 3}" for i in range(60)]
+    kept = [i for i, v in enumerate(values)
+            if v is None or values[:i + 1].count(v) <= 5]  # written out: first 5 of each value
+    assert len(kept) == 6 + 3 * 5
+    mu_v = gallery_mean(images)
+    capped = projection_matrix(prompts, mu_v, ConditionalConfig(k=4, prompts_per_value=5), values)
+    by_hand = projection_matrix(prompts[kept], mu_v, ConditionalConfig(k=4, prompts_per_value=None),
+                                [values[i] for i in kept])
+    np.testing.assert_allclose(capped @ capped.T, by_hand @ by_hand.T, atol=1e-10)
+    every = projection_matrix(prompts, mu_v, ConditionalConfig(k=4, prompts_per_value=None),
+                              values)
+    assert np.abs(capped @ capped.T - every @ every.T).max() > 1e-3
+    with pytest.raises(ValueError, match="prompts_per_value"):
+        ConditionalConfig(prompts_per_value=0)
 
 
 def test_combined_projection_is_the_mean_of_the_per_condition_similarities():

@@ -113,6 +113,7 @@ def test_run_conditional_on_bundled_model_follows_the_schema(bundled_result):
     assert clay["weighting"] == "value" and clay["combine"] == "mean"
     assert params["clay_nolog"]["log_map"] is False and params["clay_asym"]["asymmetric"]
     assert params["clay_norot"]["rotation"] is False and params["clay_k50"]["k"] == 50
+    assert clay["prompts_per_value"] == 4 and params["clay_k50"]["prompts_per_value"] is None
     assert params["clay_pooled"]["combine"] == "pooled"
     assert set(params["clay_pooled"]["k_used"]) == set(CONDITIONS) | set(PAIRS)
     methods = result["methods"]
@@ -122,8 +123,9 @@ def test_run_conditional_on_bundled_model_follows_the_schema(bundled_result):
     assert all(n >= 100 for n in clay["prompts"].values())
     assert result["params"]["data"]["queries"] == 8 and result["params"]["data"]["database"] == 72
     rows = result["sweep"]["rows"]
-    assert len(rows) == 4 * 3 and {r["center"] for r in rows} == {False, True}
+    assert len(rows) == 7 * 3 and {r["center"] for r in rows} == {False, True}
     assert {r["weighting"] for r in rows} == {"prompt", "value", "value_mean"}
+    assert {r["prompts_per_value"] for r in rows} == {4, 8, 16, None}
     assert all(0.0 <= r["map_mean"] <= 1.0 for r in rows)
     assert {"plain", *METHODS, "sweep", "encode_images"} <= set(result["timing_s"])
     json.dumps(result)  # JSON-ready
@@ -136,7 +138,7 @@ def test_markdown_and_files(bundled_result, tmp_path):
     assert "| method | shape | colour | size | texture | count | map_mean |" in table
     assert "| method | colour+shape | colour+texture | shape+count | size+colour | " \
         "map_mean_pairs |" in table
-    assert "| k=2 | prompt | false |" in table and "| ev>=0.85 | value | true |" in table
+    assert "| k=2 | all | prompt | false |" in table and "| ev>=0.85 | 4 | value | true |" in table
     write_results(result, tmp_path / "out")
     assert json.loads((tmp_path / "out" / "results.json").read_text()) == result
     assert (tmp_path / "out" / "results.md").read_text() == table

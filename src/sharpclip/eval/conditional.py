@@ -10,8 +10,9 @@ raw image embeddings: one ranking for every condition), ``clay`` (the defaults o
 similarities), ``clay_pooled`` (pairs by pooled prompts and one SVD, as the paper; single
 conditions are the same as ``clay``) and the ablations ``clay_nolog`` (no log map),
 ``clay_asym`` (only the query projected, as GeneCIS), ``clay_norot`` (no rotation H) and
-``clay_k50`` (the paper's k = 50). The result also holds a sweep over the k rule, the prompt
-weighting and ``center`` on single conditions (``sweep``), the evidence for the defaults.
+``clay_k50`` (the paper's k = 50, with every prompt). The result also holds a sweep over the k
+rule, the number of prompts per value, the prompt weighting and ``center`` on single conditions
+(``sweep``), the evidence for the defaults.
 
 The array stage (:func:`evaluate_embeddings`) is separate from generation and encoding
 (:func:`run_conditional`), so it can be checked on synthetic embeddings.
@@ -40,7 +41,8 @@ from sharpclip.methods.conditional import (
 
 CONDITIONS = ("shape", "colour", "size", "texture", "count")
 PAIRS = ("colour+shape", "colour+texture", "shape+count", "size+colour")
-SWEEP_KS = (1, 2, 3, 4, 5, 6, 8, 12, 16, 32, 50)
+SWEEP_KS = (1, 2, 3, 4, 5, 6, 8, 16, 50)
+SWEEP_CAPS = (4, 8, 16, None)  # prompts per value
 SWEEP_VARIANCE = (0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 QUERY_FRACTION = 0.1
 # method -> (ConditionalConfig overrides of the defaults, asymmetric)
@@ -50,7 +52,7 @@ METHODS = {
     "clay_nolog": ({"log_map": False}, False),
     "clay_asym": ({}, True),
     "clay_norot": ({"rotation": False}, False),
-    "clay_k50": ({"k": 50}, False),
+    "clay_k50": ({"k": 50, "prompts_per_value": None}, False),  # the paper's k, every prompt
 }
 
 
@@ -136,28 +138,32 @@ def _summary(maps: dict[str, float]) -> dict:
             **({"map_mean_pairs": float(np.mean(pairs))} if pairs else {})}
 
 
-def _sweep(query, database, labels_q, labels_db, prompts, values, config, ks, variances) -> dict:
+def _sweep(query, database, labels_q, labels_db, prompts, values, config, ks, variances,
+           caps) -> dict:
     rows = []
-    # every weighting without centring, and centring with the configured weighting
-    settings = [(w, False) for w in WEIGHTINGS] + [(config.weighting, True)]
-    for weighting, center in settings:
-        base = replace(config, weighting=weighting, center=center)
+    # prompts per value, then every weighting with all prompts, then centring with the defaults
+    settings = [*({"prompts_per_value": cap} for cap in caps),
+                *({"prompts_per_value": None, "weighting": w} for w in WEIGHTINGS
+                  if w != config.weighting), {"center": True}]
+    for setting in settings:
+        base = replace(config, **setting)
+        described = {"prompts_per_value": base.prompts_per_value, "weighting": base.weighting,
+                     "center": base.center}
         for k in ks:
             maps, _ = _clay_maps(query, database, labels_q, labels_db, prompts, values,
                                  replace(base, k=int(k)))
-            rows.append({"rule": "fixed", "k": int(k), "weighting": weighting,
-                         "center": center, **_summary(maps)})
+            rows.append({"rule": "fixed", "k": int(k), **described, **_summary(maps)})
         for threshold in variances:
             cfg = replace(base, k=None, explained_variance=float(threshold))
             maps, used = _clay_maps(query, database, labels_q, labels_db, prompts, values,
                                     cfg)
             rows.append({"rule": "explained_variance", "threshold": float(threshold),
-                         "weighting": weighting, "center": center, "k_used": used,
-                         **_summary(maps)})
+                         **described, "k_used": used, **_summary(maps)})
     best = max(rows, key=lambda row: row["map_mean"])
     return {"metric": "map_mean", "log_map": config.log_map, "rows": rows,
-            "best": {key: best[key] for key in ("rule", "k", "threshold", "weighting", "center",
-                                                "map_mean") if key in best}}
+            "best": {key: best[key] for key in ("rule", "k", "threshold", "prompts_per_value",
+                                                "weighting", "center", "map_mean")
+                     if key in best}}
 
 
 def evaluate_embeddings(
@@ -165,7 +171,7 @@ def evaluate_embeddings(
     seed: int = 0, config: ConditionalConfig | None = None,
     ks: Sequence[int] = SWEEP_KS, variances: Sequence[float] = SWEEP_VARIANCE,
     prompt_values: Mapping[str, Sequence] | None = None, pairs: Sequence[str] | None = None,
-    methods: Sequence[str] = tuple(METHODS),
+    methods: Sequence[str] = tuple(METHODS), caps: Sequence[int | None] = SWEEP_CAPS,
 ) -> dict:
     """The array stage: methods, params, sweep and timing from embeddings and labels.
 
@@ -173,7 +179,8 @@ def evaluate_embeddings(
     ``prompts``: condition -> (n, d) unit prompt embeddings; ``prompt_values``: condition ->
     each prompt's value (enables the prompt weighting); ``pairs``: ``"a+b"`` specs of
     conditions in ``prompts`` (default: those of :data:`PAIRS` it can measure); ``methods``: which of :data:`METHODS` run beside ``plain``.
-    Empty ``ks`` and ``variances`` skip the sweep.
+    ``caps``: the prompts-per-value settings of the sweep. Empty ``ks`` and ``variances`` skip
+    the sweep.
     """
     if pairs is None:
         pairs = [spec for spec in PAIRS if set(spec.split("+")) <= set(prompts)]
@@ -182,11 +189,12 @@ def evaluate_embeddings(
         raise ValueError(f"pair {unknown[0]!r} names a condition without prompts")
     with _single_threaded_blas():
         return _evaluate(images, labels, prompts, dict(prompt_values or {}), seed,
-                         config or ConditionalConfig(), ks, variances, tuple(pairs), methods)
+                         config or ConditionalConfig(), ks, variances, tuple(pairs), methods,
+                         tuple(caps))
 
 
 def _evaluate(images, labels, prompts, values, seed, config, ks, variances, pairs,
-              methods) -> dict:
+              methods, caps) -> dict:
     q_idx, db_idx = query_split(len(images), seed)
     query, database = images[q_idx], images[db_idx]
     labels = {**{c: np.asarray(labels[c]) for c in prompts},
@@ -218,7 +226,7 @@ def _evaluate(images, labels, prompts, values, seed, config, ks, variances, pair
     if len(ks) or len(variances):
         start = time.perf_counter()
         result["sweep"] = _sweep(query, database, labels_q, labels_db, prompts, values, config,
-                                 ks, variances)
+                                 ks, variances, caps)
         timing["sweep"] = time.perf_counter() - start
     result["timing_s"] = timing
     return result
@@ -302,12 +310,13 @@ def to_markdown(result: dict) -> str:
     sweep = result.get("sweep")
     if sweep:
         lines += ["", f"sweep (clay, log map {str(sweep['log_map']).lower()}; mAP):", "",
-                  "| rule | weighting | center | " + " | ".join(conditions) + " | map_mean |",
-                  "|---" * (len(conditions) + 4) + "|"]
+                  "| rule | prompts per value | weighting | center | " + " | ".join(conditions)
+                  + " | map_mean |", "|---" * (len(conditions) + 5) + "|"]
         for row in sweep["rows"]:
             cells = " | ".join(f"{row['map'][c]:.3f}" for c in conditions)
-            lines.append(f"| {_cell(row)} | {row['weighting']} | {str(row['center']).lower()} "
-                         f"| {cells} | {row['map_mean']:.3f} |")
+            cap = "all" if row["prompts_per_value"] is None else row["prompts_per_value"]
+            lines.append(f"| {_cell(row)} | {cap} | {row['weighting']} | "
+                         f"{str(row['center']).lower()} | {cells} | {row['map_mean']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -36,6 +36,9 @@ Reconstruction (the paper is silent; our choices, each a field of :class:`Condit
   prompts share one unit of weight in ``mu_c`` and in the SVD (rows scaled by sqrt(weight)), so a
   value spelled in more ways does not own more of the subspace. ``"prompt"`` is the paper's
   plain mean; ``"value_mean"`` replaces each value's prompts by their normalised mean.
+- ``prompts_per_value=4``: only the first 4 prompts of each value (templates first, in the
+  vocabulary's order) build the subspace; extra frames ("a close-up of ...") added directions
+  that swamped the condition on the bundled model (the sweep in the docs).
 - Several conditions (``"colour+shape"``): ``combine="mean"`` averages the per-condition
   similarities (:func:`project_combined`); ``"pooled"`` concatenates the prompt sets and calls
   the same functions (one SVD, same k rule), as the paper.
@@ -87,15 +90,19 @@ class ConditionalConfig:
     ``rotation``: ``False`` is the no-rotation ablation (``H = I``).
     ``combine``: how several conditions (``colour+shape``) are compared: ``"mean"`` of the
     per-condition similarities, or ``"pooled"`` prompts with one SVD (the paper).
+    ``prompts_per_value``: when prompt values are known, only the first this many prompts of
+    each value enter (the vocabulary lists its most caption-like templates first), so the
+    prompt count is tied to the number of values; ``None`` uses every prompt.
     """
 
     k: int | None = None
     center: bool = False
     log_map: bool = True
-    explained_variance: float = 0.9
+    explained_variance: float = 0.95
     weighting: str = "value"
     rotation: bool = True
     combine: str = "mean"
+    prompts_per_value: int | None = 4
 
     def __post_init__(self) -> None:
         if self.k is not None and (not isinstance(self.k, int) or self.k < 1):
@@ -104,6 +111,10 @@ class ConditionalConfig:
             raise ValueError(
                 f"explained_variance must be in (0, 1] (got {self.explained_variance!r})"
             )
+        if self.prompts_per_value is not None and (
+                not isinstance(self.prompts_per_value, int) or self.prompts_per_value < 1):
+            raise ValueError("prompts_per_value must be a positive integer or None "
+                             f"(got {self.prompts_per_value!r})")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)} "
                              f"(got {self.weighting!r})")
@@ -210,8 +221,6 @@ def prompt_weights(values: Sequence | None, n: int, weighting: str) -> np.ndarra
     that value's prompts. Prompts whose value is ``None`` weigh as much as an average prompt."""
     if weighting == "prompt" or values is None:
         return np.full(n, 1.0 / n)
-    if len(values) != n:
-        raise ValueError(f"{len(values)} prompt values for {n} prompts")
     known = [v for v in values if v is not None]
     counts = {v: known.count(v) for v in set(known)}
     average = len(known) / len(counts) if counts else 1.0
@@ -228,13 +237,29 @@ def value_means(prompts: np.ndarray, values: Sequence) -> np.ndarray:
     return _unit(np.stack([prompts[rows].mean(axis=0) for rows in groups.values()]))
 
 
+def first_per_value(values: Sequence, limit: int) -> np.ndarray:
+    """Indices of the first ``limit`` prompts of each value, in order (prompts whose value is
+    ``None`` are all kept)."""
+    seen: dict = {}
+    keep = []
+    for i, value in enumerate(values):
+        seen[value] = seen.get(value, 0) + 1
+        if value is None or seen[value] <= limit:
+            keep.append(i)
+    return np.array(keep, dtype=np.int64)
+
+
 def _prompt_tangents(prompts: np.ndarray, config: ConditionalConfig,
                      values: Sequence | None = None) -> tuple[np.ndarray, ...]:
     prompts = _unit(_rows(prompts, "prompt_embeddings"))
-    if config.weighting == "value_mean" and values is not None:
+    if values is not None:
         if len(values) != len(prompts):
             raise ValueError(f"{len(values)} prompt values for {len(prompts)} prompts")
-        prompts, values = value_means(prompts, values), None
+        if config.prompts_per_value is not None:
+            keep = first_per_value(values, config.prompts_per_value)
+            prompts, values = prompts[keep], [values[i] for i in keep]
+        if config.weighting == "value_mean":
+            prompts, values = value_means(prompts, values), None
     weights = prompt_weights(values, len(prompts), config.weighting)
     mu_c = _unit_vector(weights @ prompts, "the prompt mean")
     tangents = log_map(prompts, mu_c) if config.log_map else tangent_projection(prompts, mu_c)
