@@ -393,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=_count(1), default=20, help="number of hits")
     p.add_argument("--exact", action="store_true", help="exact search even when an ANN index exists")
     p.add_argument("--condition", default=None,
-                   help="compare images only in a condition: colour, shape, colour+shape, ...")
+                   help="compare images only in a condition: colour, shape, ...; colour+shape "
+                   "ranks by the mean of the two conditions' similarities")
     p.add_argument("--concepts", default=None, help="a YAML/JSON concept vocabulary file")
     p.add_argument("--rerank", choices=["parts"], default=None,
                    help="re-rank a shortlist by matching the query's parts to image regions")

@@ -302,8 +302,10 @@ def to_markdown(result: dict) -> str:
         k = clay["k"] if clay["k"] is not None else \
             f"explained variance >= {clay['explained_variance']}"
         used = ", ".join(f"{c} {v}" for c, v in clay["k_used"].items())
-        lines += ["", (f"clay: k = {k} (used: {used}), weighting = {clay['weighting']}, "
-                       f"center = {str(clay['center']).lower()}, pairs = {clay['combine']}")]
+        cap = clay["prompts_per_value"] or "all"
+        lines += ["", (f"clay: k = {k} (used: {used}), prompts per value = {cap}, weighting = "
+                       f"{clay['weighting']}, center = {str(clay['center']).lower()}"
+                       + (f", pairs = {clay['combine']}" if pairs else ""))]
     skipped = result.get("params", {}).get("data", {}).get("skipped")
     if skipped:
         lines += ["", f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}"]
