@@ -11,7 +11,9 @@ from sharpclip.concepts import (
     Concept,
     EndpointError,
     LLMEndpoint,
+    VocabularyError,
     load_vocabulary,
+    parse_vocabulary,
     prompt_set_hash,
 )
 from sharpclip.concepts.vocabulary import with_article
@@ -250,3 +252,21 @@ def test_endpoint_from_environment(monkeypatch, tmp_path):
     assert "k" not in repr(endpoint).replace("key", "")
     explicit = LLMEndpoint.from_env(url="http://h", model="m")
     assert explicit.chat_url == "http://h/v1/chat/completions"
+
+
+def test_prompts_listed_per_value_carry_their_value():
+    concepts = parse_vocabulary(
+        "conditions:\n  fill:\n    values: [solid, striped]\n"
+        "    templates: ['{a_value} shape']\n"
+        "    prompts: {striped: ['a shape with stripes', 'a striped shape']}\n", "t.yaml")
+    assert concepts["fill"].labelled_prompts() == [
+        ("a solid shape", "solid"), ("a striped shape", "striped"),
+        ("a shape with stripes", "striped")]  # the duplicate keeps its first place
+    vocabulary = load_vocabulary()
+    prompts, values = vocabulary.labelled_prompts_for("texture+count")
+    assert prompts == vocabulary.prompts_for("texture+count")
+    assert values[prompts.index("a shape with dots")] == "texture=dotted"
+    assert values[prompts.index("two shapes")] == "count=2"
+    with pytest.raises(VocabularyError, match="prompts given for 'dotted'"):
+        parse_vocabulary("conditions:\n  fill:\n    values: [solid]\n"
+                         "    prompts: {dotted: ['a dotted shape']}\n", "t.yaml")
