@@ -90,6 +90,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         from sharpclip.eval import conditional as task
         from sharpclip.eval.conditional_folder import run_folder_conditional, user_condition
 
+        if args.size is not None:
+            raise UsageError("--size does not apply to --data: every image of the folder is used")
         user_condition(args.concepts, args.condition)  # a usage error before the model loads
         result = run_folder_conditional(load_model(args.model), args.data, args.concepts,
                                         args.condition, seed=args.seed)
