@@ -76,7 +76,7 @@ def _cmd_train_base(args: argparse.Namespace) -> int:
                              image_size=args.image_size, width=args.width, layers=args.layers,
                              shape_groups=args.shape_groups,
                              partial_caption_fraction=args.partial_caption_fraction)
-    record = train_base(config, Path(args.out))
+    record = train_base(config, Path(args.out), resume=args.resume)
     print(f"saved to {args.out}: {record['train_seconds']}s, final loss {record['final_loss']}")
     return 0
 
@@ -540,6 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partial-caption-fraction", type=float,
                    default=defaults.partial_caption_fraction,
                    help="share of one-object captions naming only some attributes")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from the checkpoint in --out")
     p.set_defaults(func=_cmd_train_base)
 
     from sharpclip.finetune.recipes import RECIPES, FinetuneConfig

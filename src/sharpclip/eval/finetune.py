@@ -37,7 +37,8 @@ from sharpclip.finetune.run import finetune, hold_side
 
 METHODS = ("base", "gpr", "2sft", "mcip", "mcip+rea")
 TEST_FRACTION = 0.25
-VIEWS = 8
+VIEWS = 8  # renderings per training class
+TEST_VIEWS = 24  # per test class: many images of a class, few with the size and background asked
 
 
 def class_split(seed: int, test_fraction: float = TEST_FRACTION) -> tuple[list, list]:
@@ -94,14 +95,15 @@ def shapes_queries(specs: list, seed: int) -> tuple[list[str], np.ndarray]:
 
 def run_finetune_eval(load, model_spec: str = "bundled", seed: int = 0,
                       config: FinetuneConfig | None = None, views: int = VIEWS,
-                      methods: tuple[str, ...] = METHODS, progress: bool = False) -> dict:
+                      test_views: int = TEST_VIEWS, methods: tuple[str, ...] = METHODS,
+                      progress: bool = False) -> dict:
     """Run the task; ``load`` loads a model spec. Returns the results.json document."""
     config = config or FinetuneConfig(seed=seed)
     base = load(model_spec)
     image_size = max(base.preprocess.crop_hw)
     train_objects, test_objects = class_split(seed)
     training, _ = render_classes(train_objects, views, seed, hold_side(base), "train")
-    test, specs = render_classes(test_objects, views, seed, image_size, "test")
+    test, specs = render_classes(test_objects, test_views, seed, image_size, "test")
     queries = shapes_queries(specs, seed)
     results, timing, provenance = {}, {}, {}
     trained: dict[str, object] = {"base": base}
@@ -123,7 +125,7 @@ def run_finetune_eval(load, model_spec: str = "bundled", seed: int = 0,
             "methods": results,
             "data": {"train_classes": len(train_objects), "test_classes": len(test_objects),
                      "train_images": len(training.images), "test_images": len(test.images),
-                     "views": views, "queries": len(queries[0])},
+                     "views": views, "test_views": test_views, "queries": len(queries[0])},
             "params": {"finetune": asdict(config)},
             "stages": {m: p["stages"] for m, p in provenance.items()},
             "timing_s": timing}

@@ -27,15 +27,17 @@ class LoopSettings:
     steps: int
     grad_clip: float = 1.0
     warmup_fraction: float = 0.05
+    warmup_steps: int | None = None  # instead of the fraction
     checkpoint_every: int = 100
     precision: str = "no"
     progress: bool = True
     description: str = "training"
 
 
-def cosine_with_warmup(steps: int, warmup_fraction: float) -> Callable[[int], float]:
-    """The learning-rate factor at each step: linear warmup, then cosine decay to 0."""
-    warmup = max(1, round(warmup_fraction * steps))
+def cosine_with_warmup(steps: int, warmup: int) -> Callable[[int], float]:
+    """The learning-rate factor at each step: linear warmup over ``warmup`` steps, then cosine
+    decay to 0."""
+    warmup = max(1, warmup)
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -88,8 +90,10 @@ def train(module: torch.nn.Module, param_groups: list[dict], settings: LoopSetti
 
     accelerator = Accelerator(mixed_precision=settings.precision)
     optimizer = torch.optim.AdamW(param_groups)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, cosine_with_warmup(settings.steps, settings.warmup_fraction))
+    warmup = settings.warmup_steps if settings.warmup_steps is not None else round(
+        settings.warmup_fraction * settings.steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(settings.steps,
+                                                                                warmup))
     start = 0
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])

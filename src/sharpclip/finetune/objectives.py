@@ -8,7 +8,7 @@ import torch
 
 from sharpclip.finetune.arcface import ArcFaceHead
 from sharpclip.finetune.augment import Augmentation
-from sharpclip.finetune.infonce import MAX_LOGIT_SCALE, symmetric_infonce
+from sharpclip.finetune.infonce import MAX_LOGIT_SCALE, multi_positive_loss, symmetric_infonce
 from sharpclip.finetune.mc_arcmargin import mc_arcmargin_loss
 
 
@@ -65,6 +65,20 @@ class TextObjective(torch.nn.Module):
 
 
 OBJECTIVE_STREAMS = {"arcface": 0, "mcip": 1, "rea": 2}
+
+
+class ContrastiveObjective(torch.nn.Module):
+    """Both towers of a CLIP under multi-positive symmetric InfoNCE (``sharpclip train base``)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                             pixel_values=pixel_values)
+        return multi_positive_loss(outputs.logits_per_text, positives)
 
 
 def step_rng(seed: int, objective: str, step: int, rank: int) -> np.random.Generator:

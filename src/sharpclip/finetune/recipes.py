@@ -37,8 +37,8 @@ class FinetuneConfig:
 
     seed: int = 0
     batch_size: int = 64
-    image_steps: int = 400
-    text_steps: int = 300
+    image_steps: int = 300
+    text_steps: int = 200
     image_lr: float = 1e-4
     proxy_lr_factor: float = 100.0
     text_lr: float = 1e-4

@@ -195,9 +195,16 @@ def finetune(recipe: str, base, training: TrainingSet, out: str | Path | None,
         "metrics_on": "the training data (not held out; compare models on held-out classes "
                       "with `sharpclip eval folder`)",
     }
-    if out is not None:
+    if out is not None and _main_process():
         _save_checkpoint(base, out, provenance)
     return provenance
+
+
+def _main_process() -> bool:
+    """False in the other processes of a multi-GPU run (``accelerate launch``): one writes."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
 
 
 def _save_checkpoint(base, out: Path, provenance: dict) -> None:
