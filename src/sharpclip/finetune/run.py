@@ -106,6 +106,38 @@ def _check_resumable(state: dict, recipe, config, base, training, out: Path) -> 
                           "resume with the same command, or choose a new --out")
 
 
+def _stage(objective: str, base, training: TrainingSet, state: dict, config: FinetuneConfig,
+           resuming: bool):
+    """What one stage trains: its loss module, parameter groups (only the objective's
+    parameters unfrozen), ``batch_at``, and the class-proxy head (image stages)."""
+    model = base.model
+    trainable = freeze_for(model, objective)
+    if objective not in IMAGE_OBJECTIVES:  # Re-A against the current image tower, kept fixed
+        features = torch.from_numpy(encode_set(base, training)).to(base.device)
+        module = TextObjective(model, features, base.model_type == "siglip")
+        scale = [p for p in trainable if p is model.logit_scale]
+        rest = [p for p in trainable if p is not model.logit_scale]
+        groups = [{"params": rest, "lr": config.text_lr, "weight_decay": config.weight_decay},
+                  {"params": scale, "lr": config.text_lr, "weight_decay": 0.0}]
+        batch_at = text_batch(_rea_pairs(training, state["mined"]), base.tokenize, config.seed,
+                              objective, config.batch_size)
+        return module, groups, batch_at, None
+    head = ArcFaceHead(state["proxies"], config.arcface_scale, config.arcface_margin)
+    if resuming:
+        head.load_state_dict(state["head"])
+    mcip = objective == "mcip"
+    module = ImageObjective(model, head, state["pool_embeddings"] if mcip else None,
+                            config.mcip_caption_weight)
+    groups = [{"params": trainable, "lr": config.image_lr, "weight_decay": config.weight_decay},
+              {"params": list(head.parameters()), "lr": config.image_lr * config.proxy_lr_factor,
+               "weight_decay": config.weight_decay}]
+    augmentation = Augmentation(max(base.preprocess.crop_hw)) if config.augment else None
+    batch_at = image_batch(training, base.preprocess, augmentation,
+                           state["mined"] if mcip else None, config.seed, objective,
+                           config.batch_size)
+    return module, groups, batch_at, head
+
+
 def finetune(recipe: str, base, training: TrainingSet, out: str | Path | None,
              config: FinetuneConfig | None = None, resume: bool = False,
              progress: bool = True) -> dict:
@@ -128,45 +160,21 @@ def finetune(recipe: str, base, training: TrainingSet, out: str | Path | None,
     else:
         _check_resumable(state, recipe, config, base, training, out)
         base.model.load_state_dict(state["model"])
-    model, siglip = base.model, base.model_type == "siglip"
+    model = base.model
     began, stage_reports = time.perf_counter(), state.setdefault("stages", [])
     for index, objective in enumerate(objectives):
         steps = config.image_steps if objective in IMAGE_OBJECTIVES else config.text_steps
         if index < state["stage"] or (index == state["stage"] and state["step"] >= steps):
             continue
         resuming = index == state["stage"] and state["loop"] is not None
-        settings = LoopSettings(steps, config.grad_clip, config.warmup_fraction,
-                                config.checkpoint_every, config.precision, progress,
-                                f"{recipe} {index + 1}/{len(objectives)} {objective}")
-        trainable = freeze_for(model, objective)
-        if objective in IMAGE_OBJECTIVES:
-            head = ArcFaceHead(state["proxies"], config.arcface_scale, config.arcface_margin)
-            if resuming:
-                head.load_state_dict(state["head"])
-            mcip = objective == "mcip"
-            module = ImageObjective(model, head, state["pool_embeddings"] if mcip else None,
-                                    config.mcip_caption_weight)
-            groups = [{"params": trainable, "lr": config.image_lr,
-                       "weight_decay": config.weight_decay},
-                      {"params": list(head.parameters()),
-                       "lr": config.image_lr * config.proxy_lr_factor,
-                       "weight_decay": config.weight_decay}]
-            augmentation = Augmentation(max(base.preprocess.crop_hw)) if config.augment else None
-            batch_at = image_batch(training, base.preprocess, augmentation,
-                                   state["mined"] if mcip else None, config.seed, objective,
-                                   config.batch_size)
-            after = None
-        else:
-            head = None
-            features = torch.from_numpy(encode_set(base, training)).to(base.device)
-            module = TextObjective(model, features, siglip)
-            scale = [p for p in trainable if p is model.logit_scale]
-            rest = [p for p in trainable if p is not model.logit_scale]
-            groups = [{"params": rest, "lr": config.text_lr, "weight_decay": config.weight_decay},
-                      {"params": scale, "lr": config.text_lr, "weight_decay": 0.0}]
-            batch_at = text_batch(_rea_pairs(training, state["mined"]), base.tokenize,
-                                  config.seed, objective, config.batch_size)
-            after = module.clamp_temperature
+        settings = LoopSettings(steps, grad_clip=config.grad_clip,
+                                warmup_fraction=config.warmup_fraction,
+                                checkpoint_every=config.checkpoint_every,
+                                precision=config.precision, progress=progress,
+                                description=f"{recipe} {index + 1}/{len(objectives)} {objective}")
+        module, groups, batch_at, head = _stage(objective, base, training, state, config,
+                                                resuming)
+        after = module.clamp_temperature if objective == "rea" else None
 
         def save(loop_state: dict, index=index, head=head) -> None:
             state.update(stage=index, step=loop_state["step"], loop=loop_state,
