@@ -67,3 +67,36 @@ def test_query_without_positive_is_refused():
 def test_shape_mismatch_is_refused():
     with pytest.raises(ValueError, match="same shape"):
         m.average_precision(np.ones((2, 3)), np.ones((2, 4), bool))
+
+
+def test_leave_one_out_map_hand_computed():
+    # Four images on a line: a0=(1,0), a1=(0.8,0.6), b0=(0.6,0.8), b1=(0,1); labels a a b b.
+    emb = np.array([[1, 0], [0.8, 0.6], [0.6, 0.8], [0, 1]])
+    labels = np.array([0, 0, 1, 1])
+    # a0 ranks a1 (0.8) first: AP 1. a1 ranks a0 (0.8) and b0 (0.96): b0 first, so AP = 1/2.
+    # b0 symmetric to a1: AP 1/2; b1 symmetric to a0: AP 1. The query is never its own hit.
+    assert m.leave_one_out_map(emb, labels) == pytest.approx((1 + 0.5 + 0.5 + 1) / 4)
+
+
+def test_leave_one_out_map_skips_singleton_classes():
+    emb = np.eye(3)
+    assert m.leave_one_out_map(emb, np.array([0, 0, 1])) == pytest.approx(1.0)
+
+
+def test_knn_accuracy_weights_votes_by_exp_similarity():
+    # Query 0's neighbours: one of class 1 at sim 0.9, two of class 0 at sim 0.5 and 0.45.
+    # With temperature 0.1: exp(9) = 8103 > exp(5) + exp(4.5) = 238; plain majority would say 0.
+    emb = np.array([[1.0, 0.0, 0.0], [0.9, np.sqrt(1 - 0.81), 0.0],
+                    [0.5, 0.0, np.sqrt(0.75)], [0.45, -np.sqrt(1 - 0.2025), 0.0]])
+    labels = np.array([0, 1, 0, 0])
+    scores = emb @ emb.T
+    np.fill_diagonal(scores, -np.inf)
+    order = np.argsort(-scores, axis=1)[:, :3]
+    expected = []
+    for q in range(4):
+        votes = {}
+        for j in order[q]:
+            votes[labels[j]] = votes.get(labels[j], 0.0) + np.exp(scores[q, j] / 0.1)
+        expected.append(max(sorted(votes), key=lambda c: votes[c]) == labels[q])
+    assert m.knn_accuracy(emb, labels, k=3, temperature=0.1) == pytest.approx(np.mean(expected))
+    assert expected[0] is False or not expected[0]  # query 0 is outvoted by the close class-1 item

@@ -1,12 +1,15 @@
+import os
+from dataclasses import asdict, replace
+
 import numpy as np
 import torch
 
 from sharpclip.data import shapes
+from sharpclip.finetune.infonce import multi_positive_loss
 from sharpclip.models import load_model
 from sharpclip.models.train_base import (
     BaseTrainConfig,
     _batch,
-    _multi_positive_loss,
     _partial_attributes,
     _partial_caption,
     train_base,
@@ -45,6 +48,23 @@ def test_training_is_deterministic_from_seed(tmp_path):
     assert a == load_model(str(tmp_path / "b"), device="cpu").fingerprint
 
 
+def test_resume_after_kill_ends_with_the_uninterrupted_weights(tmp_path):
+    import subprocess
+    import sys
+
+    config = replace(TINY, steps=5, checkpoint_every=2)
+    train_base(config, tmp_path / "whole", progress=False)
+    script = ("from pathlib import Path; from sharpclip.models.train_base import "
+              f"train_base, BaseTrainConfig; train_base(BaseTrainConfig(**{asdict(config)!r}), "
+              f"Path({str(tmp_path / 'broken')!r}), progress=False)")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, check=False,
+                         env={**os.environ, "SHARPCLIP_CRASH_AT": "finetune_checkpoint_saved:2"})
+    assert run.returncode != 0 and (tmp_path / "broken" / ".checkpoint" / "state.pt").is_file()
+    train_base(config, tmp_path / "broken", resume=True, progress=False)
+    a = load_model(str(tmp_path / "whole"), device="cpu").fingerprint
+    assert a == load_model(str(tmp_path / "broken"), device="cpu").fingerprint
+
+
 def _preprocessor(size):
     from transformers import CLIPImageProcessor
 
@@ -60,7 +80,7 @@ def test_multi_positive_loss_reduces_to_clip_loss_and_matches_hand_computation()
     eye = torch.eye(3, dtype=torch.bool)
     clip = (torch.nn.functional.cross_entropy(logits, torch.arange(3))
             + torch.nn.functional.cross_entropy(logits.T, torch.arange(3))) / 2
-    torch.testing.assert_close(_multi_positive_loss(logits, eye), clip)
+    torch.testing.assert_close(multi_positive_loss(logits, eye), clip)
     # caption 2 also describes image 0: caption 2 targets images 0 and 2 equally, and image 0
     # targets captions 0 and 2 equally
     positives = eye.clone()
@@ -69,7 +89,7 @@ def test_multi_positive_loss_reduces_to_clip_loss_and_matches_hand_computation()
     log_i = torch.log_softmax(logits.T, 1)
     text = -(log_t[0, 0] + log_t[1, 1] + (log_t[2, 0] + log_t[2, 2]) / 2) / 3
     image = -((log_i[0, 0] + log_i[0, 2]) / 2 + log_i[1, 1] + log_i[2, 2]) / 3
-    torch.testing.assert_close(_multi_positive_loss(logits, positives), (text + image) / 2)
+    torch.testing.assert_close(multi_positive_loss(logits, positives), (text + image) / 2)
 
 
 def test_batch_shape_groups_differ_only_in_shape_and_partial_positives_match_labels():

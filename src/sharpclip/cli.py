@@ -76,9 +76,17 @@ def _cmd_train_base(args: argparse.Namespace) -> int:
                              image_size=args.image_size, width=args.width, layers=args.layers,
                              shape_groups=args.shape_groups,
                              partial_caption_fraction=args.partial_caption_fraction)
-    record = train_base(config, Path(args.out))
+    record = train_base(config, Path(args.out), resume=args.resume)
     print(f"saved to {args.out}: {record['train_seconds']}s, final loss {record['final_loss']}")
     return 0
+
+
+def _one_model(args: argparse.Namespace) -> str:
+    """The single --model an eval task takes (``folder`` alone compares several)."""
+    models = args.model or ["bundled"]
+    if len(models) > 1:
+        raise UsageError(f"eval {args.task} takes one --model; only `eval folder` compares several")
+    return models[0]
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -86,14 +94,31 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if args.task != "conditional" and (args.data or args.concepts or args.condition):
         raise UsageError("--data, --concepts and --condition belong to `eval conditional`")
-    if args.task == "conditional" and args.data is not None:
+    if args.task == "conditional" and args.data_dir is not None:
+        raise UsageError("eval conditional takes your folder as --data DIR (with --concepts FILE)")
+    if args.task != "folder" and args.data_dir is not None:
+        raise UsageError(f"eval {args.task} takes no DIR; only `eval folder DIR` reads a folder")
+    if args.task == "folder":
+        from sharpclip.eval import folder as task
+
+        if args.data_dir is None:
+            raise UsageError("eval folder needs the folder: sharpclip eval folder DIR --model M")
+        result = task.run_folder(args.data_dir, args.model or ["bundled"], args.captions)
+        print(f"{result['size']} images in {result['classes']} classes, {result['captions']} "
+              f"captions, {result['skipped']} files skipped", file=sys.stderr)
+    elif args.task == "finetune":
+        from sharpclip.eval import finetune as task
+
+        result = task.run_finetune_eval(load_model, _one_model(args), seed=args.seed,
+                                        views=args.size or task.VIEWS, progress=True)
+    elif args.task == "conditional" and args.data is not None:
         from sharpclip.eval import conditional as task
         from sharpclip.eval.conditional_folder import run_folder_conditional, user_condition
 
         if args.size is not None:
             raise UsageError("--size does not apply to --data: every image of the folder is used")
         user_condition(args.concepts, args.condition)  # a usage error before the model loads
-        result = run_folder_conditional(load_model(args.model), args.data, args.concepts,
+        result = run_folder_conditional(load_model(_one_model(args)), args.data, args.concepts,
                                         args.condition, seed=args.seed)
     elif args.task == "conditional":
         from sharpclip.eval import conditional as task
@@ -102,26 +127,78 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             raise UsageError("--concepts and --condition check your own folder: add --data DIR "
                              "(one subfolder of images per value)")
         size = args.size or 5000
-        result = task.run_conditional(load_model(args.model), seed=args.seed, size=size)
+        result = task.run_conditional(load_model(_one_model(args)), seed=args.seed, size=size)
     elif args.task == "identity":
         from sharpclip.eval import identity as task
 
-        result = task.run_identity(load_model(args.model), seed=args.seed,
+        result = task.run_identity(load_model(_one_model(args)), seed=args.seed,
                                    size=args.size or task.DEFAULT_SIZE)
     elif args.task == "binding":
         from sharpclip.eval import binding as task
 
         if args.layout not in shapes.LAYOUTS:
             raise UsageError(f"--layout must be one of {', '.join(shapes.LAYOUTS)}")
-        result = task.run_binding(load_model(args.model), seed=args.seed,
+        result = task.run_binding(load_model(_one_model(args)), seed=args.seed,
                                   size=args.size or task.DEFAULT_SIZE, layout=args.layout)
     else:
         from sharpclip.eval import retrieval as task
 
-        result = task.run_retrieval(load_model(args.model), seed=args.seed, size=args.size or 1000)
-    task.write_results(result, Path(args.out))
+        result = task.run_retrieval(load_model(_one_model(args)), seed=args.seed,
+                                    size=args.size or 1000)
+    write_results = getattr(task, "write_results", None)
+    if write_results is None:
+        from sharpclip.eval.retrieval import write_results
+
+        write_results(result, Path(args.out), task.to_markdown(result))
+    else:
+        write_results(result, Path(args.out))
     print(task.to_markdown(result), end="")
     return 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from sharpclip.eval.folder import METRICS
+    from sharpclip.finetune.data import load_training_set
+    from sharpclip.finetune.recipes import FinetuneConfig
+    from sharpclip.finetune.run import finetune, hold_side
+    from sharpclip.models import load_model
+
+    config = FinetuneConfig(seed=args.seed, batch_size=args.batch_size,
+                            image_steps=args.image_steps, text_steps=args.text_steps,
+                            image_lr=args.image_lr, text_lr=args.text_lr,
+                            caption_percentile=args.caption_percentile,
+                            caption_threshold=args.caption_threshold,
+                            checkpoint_every=args.checkpoint_every, precision=args.precision)
+    base = load_model(args.model)
+    training = load_training_set(args.data, args.captions, hold_side(base))
+    print(f"training data: {training.summary()}", file=sys.stderr)
+    for path, reason in training.skipped[:5]:
+        print(f"  skipped {display(path)}: {reason}", file=sys.stderr)
+    if len(training.skipped) > 5:
+        print(f"  ... and {len(training.skipped) - 5} more skipped", file=sys.stderr)
+    record = finetune(args.recipe, base, training, args.out, config, resume=args.resume,
+                      progress=not args.quiet)
+    print(f"saved {args.recipe} model to {args.out} in {record['train_seconds']}s "
+          "(metrics on the training data):")
+    for metric in METRICS:
+        if metric in record["metrics_before"]:
+            print(f"  {metric}: {record['metrics_before'][metric]:.3f} -> "
+                  f"{record['metrics_after'][metric]:.3f}")
+    return 0
+
+
+def _cmd_reindex(args: argparse.Namespace) -> int:
+    from sharpclip.collection import Collection
+    from sharpclip.ingest.reindex import reindex
+
+    with Collection.open(args.collection) as source:
+        report = reindex(source, args.out, args.model, workers=args.workers,
+                         progress=not args.quiet)
+    print(f"re-embedded {report.new} items into {args.out} with model {args.model}, "
+          f"{report.failed} failed, in {report.seconds:.1f}s")
+    for path, reason in report.failures[:10]:
+        print(f"  failed {display(path)}: {reason}", file=sys.stderr)
+    return 1 if report.failed and not report.embedded else 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -445,13 +522,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_shapes)
 
     p = sub.add_parser("eval", help="run an evaluation task; writes results.json and results.md")
-    p.add_argument("task", choices=["retrieval", "conditional", "binding", "identity"])
-    p.add_argument("--model", default="bundled", help="bundled, a local HF directory or a hub id")
+    p.add_argument("task", choices=["retrieval", "conditional", "binding", "identity", "finetune",
+                                    "folder"])
+    p.add_argument("data_dir", nargs="?", default=None, metavar="DIR",
+                   help="folder: your labelled folder (one subfolder of images per class)")
+    p.add_argument("--model", action="append", default=None,
+                   help="bundled (default), a local HF directory or a hub id; folder: repeat it "
+                   "to compare models side by side")
+    p.add_argument("--captions", default=None,
+                   help="folder: a text file of IMAGE<TAB>CAPTION lines, for text->image R@5")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=None,
                    help="scenes: retrieval 1000 single-object test scenes, conditional 5000 "
                    "images, binding 1200 two-object scenes (+ 800 confusion queries), identity "
-                   "2000 renderings of identities")
+                   "2000 renderings of identities, finetune 8 renderings per class")
     p.add_argument("--layout", default="varied",
                    help="binding: object placement, varied (anywhere, any scale) or fixed")
     p.add_argument("--data", default=None, metavar="DIR",
@@ -482,7 +566,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partial-caption-fraction", type=float,
                    default=defaults.partial_caption_fraction,
                    help="share of one-object captions naming only some attributes")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from the checkpoint in --out")
     p.set_defaults(func=_cmd_train_base)
+
+    from sharpclip.finetune.recipes import RECIPES, FinetuneConfig
+
+    tuned = FinetuneConfig()
+    p = sub.add_parser("finetune", help="fine-tune a model for image-to-image search, keeping text "
+                       "search aligned (gpr, rea, 2sft, mcip, mcip+rea)")
+    p.add_argument("recipe", choices=list(RECIPES),
+                   help="gpr: ArcFace on the image tower; rea: re-align the text tower; 2sft: gpr "
+                   "then rea; mcip: ArcFace + pseudo-captions; mcip+rea: mcip then rea")
+    p.add_argument("--model", default="bundled", help="the base: bundled, a local HF directory or "
+                   "a hub id")
+    p.add_argument("--data", required=True, help="a folder with one subfolder of images per "
+                   "class, or a Shapes set (sharpclip shapes --out DIR)")
+    p.add_argument("--captions", default=None, help="a text file, one caption per line (the pool "
+                   "mcip mines); IMAGE<TAB>CAPTION lines also pair a caption with an image")
+    p.add_argument("--out", required=True, help="the checkpoint directory to write")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from the checkpoint in --out")
+    p.add_argument("--seed", type=int, default=tuned.seed)
+    p.add_argument("--batch-size", type=_count(2), default=tuned.batch_size)
+    p.add_argument("--image-steps", type=_count(0), default=tuned.image_steps,
+                   help="steps of the image-tower stage (gpr, mcip)")
+    p.add_argument("--text-steps", type=_count(0), default=tuned.text_steps,
+                   help="steps of the text re-alignment stage (rea)")
+    p.add_argument("--image-lr", type=float, default=tuned.image_lr,
+                   help="image tower learning rate (class proxies: 100x)")
+    p.add_argument("--text-lr", type=float, default=tuned.text_lr)
+    p.add_argument("--caption-percentile", type=float, default=tuned.caption_percentile,
+                   help="mcip: keep pseudo-captions above this percentile of the base model's "
+                   "image-caption similarities")
+    p.add_argument("--caption-threshold", type=float, default=None,
+                   help="mcip: an absolute cosine threshold instead (the paper: 0.27 for ViT-L)")
+    p.add_argument("--checkpoint-every", type=_count(1), default=tuned.checkpoint_every,
+                   help="steps between training checkpoints (for --resume)")
+    p.add_argument("--precision", choices=["no", "bf16", "fp16"], default=tuned.precision,
+                   help="mixed precision (bf16 on recent GPUs)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_finetune)
+
+    p = sub.add_parser("reindex", help="re-embed a collection's items with another model into a "
+                       "new collection (no folder scan, no hashing)")
+    p.add_argument("-c", "--collection", required=True, help="the collection to read")
+    p.add_argument("--model", required=True, help="the new model: a local HF directory, a hub id "
+                   "or bundled")
+    p.add_argument("--out", required=True, help="the new collection's directory")
+    p.add_argument("--workers", type=_count(0), default=1, help="decoding processes")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_reindex)
     return parser
 
 

@@ -101,3 +101,30 @@ def ranked_scores(order: np.ndarray, base_scores: np.ndarray) -> np.ndarray:
     order = np.asarray(order, np.int64)
     scores[order] = len(order) - np.arange(len(order), dtype=np.float64)
     return scores
+
+
+def leave_one_out_map(embeddings: np.ndarray, labels: np.ndarray) -> float:
+    """Image-to-image mAP, all against all with the query itself excluded: each image queries the
+    others; relevant = same label. Images whose label no other image shares are not queries."""
+    labels = np.asarray(labels)
+    scores = np.asarray(embeddings, np.float64) @ np.asarray(embeddings, np.float64).T
+    np.fill_diagonal(scores, -np.inf)
+    relevant = labels[:, None] == labels[None, :]
+    np.fill_diagonal(relevant, False)
+    queries = relevant.any(axis=1)
+    return mean_average_precision(scores[queries], relevant[queries])
+
+
+def knn_accuracy(embeddings: np.ndarray, labels: np.ndarray, k: int = 21,
+                 temperature: float = 0.1) -> float:
+    """Leave-one-out k-NN classification accuracy: each image's ``k`` most similar others vote for
+    their label with weight ``exp(sim / temperature)``; ties go to the lower label."""
+    labels = np.asarray(labels)
+    scores = np.asarray(embeddings, np.float64) @ np.asarray(embeddings, np.float64).T
+    np.fill_diagonal(scores, -np.inf)
+    k = min(k, len(labels) - 1)
+    neighbours = rank_order(scores)[:, :k]
+    weights = np.exp(np.take_along_axis(scores, neighbours, axis=1) / temperature)
+    classes = np.unique(labels)
+    votes = np.stack([(weights * (labels[neighbours] == c)).sum(axis=1) for c in classes], axis=1)
+    return float(np.mean(classes[votes.argmax(axis=1)] == labels))

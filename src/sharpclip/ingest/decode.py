@@ -39,10 +39,13 @@ class Decoded:
 
 @dataclass(frozen=True)
 class Job:
-    """One file to decode and the stages (by name) to prepare it for."""
+    """One file to decode and the stages (by name) to prepare it for. ``known`` is the stored
+    ``(size, mtime_ns, hash)`` of a file already hashed (reindex): while its stamp is unchanged
+    the stored hash is used and the file is not read a second time."""
 
     path: str
     stages: tuple[str, ...]
+    known: tuple[int, int, str] | None = None
 
 
 _WORKER: dict = {}
@@ -85,7 +88,10 @@ def decode(job: Job) -> Decoded:
                     pixels[name] = pixels[shared] = _WORKER["stages"][shared].prepare(image, preprocess)
             else:
                 pixels[name] = stage.prepare(image, preprocess)
-        digest = imagefiles.content_hash(path)
+        if job.known is not None and job.known[:2] == (size, mtime_ns):
+            digest = job.known[2]
+        else:
+            digest = imagefiles.content_hash(path)
     except ImageFileError as error:
         return Decoded(path, None, size, mtime_ns, reason=error.reason, error=str(error))
     except NotARegularFileError as error:  # swapped for a FIFO or device after load_rgb read it

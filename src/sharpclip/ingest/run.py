@@ -107,7 +107,7 @@ def index_paths(coll: Collection, paths: Iterable[str | os.PathLike],
     report = IndexReport()
     with coll.writing():
         report.notes.extend(coll.repairs)
-        stages = _configured_stages(coll, config)
+        stages = configured_stages(coll, config)
         extra = [stage.name for stage in stages if stage.name != IMAGE_SET]
         lacking = {name: {i.path for i in coll.items_lacking(name)} for name in extra}
         known = {item.path: item for item in coll.items()}
@@ -146,11 +146,11 @@ def index_paths(coll: Collection, paths: Iterable[str | os.PathLike],
         for decoded in stream:
             batch.append(decoded)
             if sum(bool(d.pixels) for d in batch) >= config.batch_size:
-                _commit_batch(coll, model, stages, batch, known, report)
+                commit_batch(coll, model, stages, batch, known, report)
                 bar.update(len(batch))
                 batch = []
         if batch:
-            _commit_batch(coll, model, stages, batch, known, report)
+            commit_batch(coll, model, stages, batch, known, report)
             bar.update(len(batch))
         bar.close()
         coll.sync_index(progress=config.progress)
@@ -158,7 +158,7 @@ def index_paths(coll: Collection, paths: Iterable[str | os.PathLike],
     return report
 
 
-def _configured_stages(coll: Collection, config: IndexConfig) -> tuple:
+def configured_stages(coll: Collection, config: IndexConfig) -> tuple:
     """The run's stages: those asked for, and every set the collection already holds (so that a
     collection with regions or calibrated vectors keeps them complete for new files)."""
     stored = coll.vector_set(REGIONS_SET)
@@ -222,8 +222,8 @@ def _recognise_moves(coll: Collection, todo: list[str], known: dict, gone: dict,
     return rest
 
 
-def _commit_batch(coll: Collection, model, stages: tuple, batch: list[Decoded], known: dict,
-                  report: IndexReport) -> None:
+def commit_batch(coll: Collection, model, stages: tuple, batch: list[Decoded], known: dict,
+                 report: IndexReport) -> None:
     """Embed every stage's pixels of ``batch`` (see :func:`~sharpclip.ingest.stages.embed`) and
     commit the items with all their sets together."""
     updates, arrays = [], {}  # arrays: set name -> list of pixel arrays, in batch order

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -46,6 +47,7 @@ class BaseTrainConfig:
     pair_fraction: float = 0.25
     shape_groups: int = 12  # per batch: scenes rendered once per shape, identical otherwise
     partial_caption_fraction: float = 0.25  # captions naming only some of an object's attributes
+    checkpoint_every: int = 500  # steps between training checkpoints (for --resume)
 
 
 def train_tokenizer(config: BaseTrainConfig, n_captions: int = 20000):
@@ -150,22 +152,29 @@ def _partial_caption(obj: shapes.ShapeObject, attributes: tuple[str, ...],
     return [with_article(phrase), "a photo of " + with_article(phrase), phrase][int(rng.integers(3))]
 
 
-def _multi_positive_loss(logits_per_text, positives):
-    """Symmetric InfoNCE where a caption may have several positive images (and vice versa): the
-    target of each row is uniform over its positives."""
-    import torch.nn.functional as F
+def train_base(config: BaseTrainConfig, out: Path, resume: bool = False,
+               progress: bool = True) -> dict:
+    """Train the base model and save an HF checkpoint (model, tokenizer, image processor) to out.
 
-    targets = positives.float()
-    text_loss = -(targets / targets.sum(1, keepdim=True) * F.log_softmax(logits_per_text, 1)).sum(1)
-    image_loss = -(targets.T / targets.sum(0)[:, None] * F.log_softmax(logits_per_text.T, 1)).sum(1)
-    return (text_loss.mean() + image_loss.mean()) / 2
-
-
-def train_base(config: BaseTrainConfig, out: Path) -> dict:
-    """Train the base model and save an HF checkpoint (model, tokenizer, image processor) to out."""
+    Runs on the fine-tuning loop (``sharpclip.finetune.loop``: progress bar, a checkpoint every
+    ``checkpoint_every`` steps in ``OUT/.checkpoint``, ``resume``). Batches come from one generator in order, as
+    they always have (so the recipe reproduces the shipped weights); the checkpoint carries the
+    generator's state, so a resumed run draws the batches the uninterrupted one would have.
+    """
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
+    from sharpclip.finetune.loop import Checkpointer, LoopSettings, train
+    from sharpclip.finetune.objectives import ContrastiveObjective
+
+    out = Path(out)
+    checkpointer = Checkpointer(out / ".checkpoint" / "state.pt")
+    state = checkpointer.load() if resume else None
+    if resume and state is None:
+        raise ValueError(f"{out}: nothing to resume (no .checkpoint/state.pt); run without --resume")
+    if state is not None and state["config"] != asdict(config):
+        raise ValueError(f"{out}: the interrupted run used other settings; resume with the same "
+                         "command, or choose a new --out")
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     tokenizer = train_tokenizer(config)
@@ -183,39 +192,43 @@ def train_base(config: BaseTrainConfig, out: Path) -> dict:
     processor = CLIPImageProcessor(size={"shortest_edge": config.image_size},
                                    crop_size={"height": config.image_size, "width": config.image_size})
     pre = ImagePreprocessor.from_config(processor.to_dict())
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.1)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        rng.bit_generator.state = state["rng"]
+    next_step = [0 if state is None else state["loop"]["step"]]
 
-    def lr_at(step: int) -> float:
-        if step < config.warmup:
-            return (step + 1) / config.warmup
-        progress = (step - config.warmup) / max(1, config.steps - config.warmup)
-        return 0.5 * (1 + np.cos(np.pi * progress))
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_at)
-    start = time.perf_counter()
-    model.train()
-    for step in range(config.steps):
+    def batch_at(step: int, rank: int, world: int) -> dict:
+        if step != next_step[0]:
+            raise RuntimeError(f"train base draws its batches in order (asked {step}, "
+                               f"next {next_step[0]})")
+        next_step[0] += 1
         pixels, texts, positives = _batch(config, rng, pre)
         tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-        outputs = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
-                        pixel_values=torch.from_numpy(pixels))
-        loss = _multi_positive_loss(outputs.logits_per_text, torch.from_numpy(positives))
-        optimiser.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimiser.step()
-        schedule.step()
+        return {"pixel_values": torch.from_numpy(pixels), "input_ids": tokens["input_ids"],
+                "attention_mask": tokens["attention_mask"],
+                "positives": torch.from_numpy(positives)}
+
+    def save(loop_state: dict) -> None:
+        checkpointer.save({"config": asdict(config), "loop": loop_state, "rng": rng.bit_generator.state,
+                           "model": model.state_dict()})
+
+    def clamp_temperature() -> None:
         with torch.no_grad():
             model.logit_scale.clamp_(0, np.log(100))
-        if step % 50 == 0 or step == config.steps - 1:
-            log.info("step %d/%d loss %.4f (%.0fs)", step, config.steps, loss.item(),
-                     time.perf_counter() - start)
-    out = Path(out)
+
+    settings = LoopSettings(config.steps, grad_clip=1.0, warmup_steps=config.warmup,
+                            checkpoint_every=config.checkpoint_every, progress=progress, description="train base")
+    start = time.perf_counter()
+    result = train(ContrastiveObjective(model),
+                   [{"params": list(model.parameters()), "lr": config.lr, "weight_decay": 0.1}],
+                   settings, batch_at, save, resume=None if state is None else state["loop"],
+                   after_step=clamp_temperature)
     model.eval()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     processor.save_pretrained(out)
     record = {"config": asdict(config), "train_seconds": round(time.perf_counter() - start, 1),
-              "final_loss": round(float(loss.item()), 4)}
+              "final_loss": None if result.final_loss is None else round(result.final_loss, 4)}
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    shutil.rmtree(out / ".checkpoint", ignore_errors=True)
     return record

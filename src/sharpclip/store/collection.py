@@ -264,7 +264,8 @@ class Collection:
                 raise ModelMismatchError(
                     f"{path} was indexed with model {info.model!r} (fingerprint {info.fingerprint}) "
                     f"but model {loaded.name!r} (fingerprint {loaded.fingerprint}) was given; "
-                    f"use --model {info.model}, or index into a new collection with -c NEW_DIR"
+                    f"use --model {info.model}, or re-embed its items with the new model: "
+                    f"`sharpclip reindex -c {path} --model {loaded.name} --out NEW_DIR`"
                 )
         return cls(path, info, loaded)
 
@@ -305,7 +306,8 @@ class Collection:
                 raise ModelMismatchError(
                     f"model {self.info.model!r} now has fingerprint {model.fingerprint}, but "
                     f"{self.path} was indexed with {self.info.fingerprint}: its weights or "
-                    "preprocessing changed; re-index into a new collection"
+                    "preprocessing changed; re-embed its items into a new collection with "
+                    f"`sharpclip reindex -c {self.path} --model {self.info.model} --out NEW_DIR`"
                 )
             self._model = model
         return self._model
