@@ -235,7 +235,7 @@ def _evaluate(images, labels, prompts, values, seed, config, ks, variances, pair
 def run_conditional(
     model, seed: int = 0, size: int = 5000, ks: Sequence[int] = SWEEP_KS,
     variances: Sequence[float] = SWEEP_VARIANCE, config: ConditionalConfig | None = None,
-    conditions: Sequence[str] = CONDITIONS, vocabulary=None, pairs: Sequence[str] = PAIRS,
+    conditions: Sequence[str] = CONDITIONS, vocabulary=None, pairs: Sequence[str] | None = None,
 ) -> dict:
     """Generate the scenes, encode them and the prompts, evaluate; returns results.json."""
     from sharpclip.concepts import load_vocabulary, prompt_set_hash
