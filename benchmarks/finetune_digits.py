@@ -2,7 +2,7 @@
 classes split disjoint (a seeded half of the digits trains, the other half tests), evaluated
 through ``sharpclip eval folder`` before and after ``sharpclip finetune gpr``.
 
-Run: .venv/bin/python benchmarks/finetune_digits.py [--seed 0] [--work /tmp/digits] [--image-steps 400]
+Run: .venv/bin/python benchmarks/finetune_digits.py [--seed 0] [--work /tmp/digits] [--image-steps N]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default="/tmp/sharpclip-digits")
     parser.add_argument("--model", default="bundled")
-    parser.add_argument("--image-steps", default="400")
+    parser.add_argument("--image-steps", default=None, help="default: the recipe's default")
     args = parser.parse_args()
     work = Path(args.work) / f"seed{args.seed}"
     shutil.rmtree(work, ignore_errors=True)
@@ -53,8 +53,8 @@ def main() -> None:
     print(f"train digits {train} ({n_train} images), test digits {test} ({n_test} images)")
     cli = [sys.executable, "-m", "sharpclip.cli"]
     subprocess.run([*cli, "finetune", "gpr", "--model", args.model, "--data", str(work / "train"),
-                    "--out", str(work / "gpr"), "--seed", str(args.seed),
-                    "--image-steps", args.image_steps, "-q"], check=True)
+                    "--out", str(work / "gpr"), "--seed", str(args.seed), "-q",
+                    *(["--image-steps", args.image_steps] if args.image_steps else [])], check=True)
     subprocess.run([*cli, "eval", "folder", str(work / "test"), "--model", args.model,
                     "--model", str(work / "gpr"), "--out", str(work / "eval")], check=True)
     result = json.loads((work / "eval" / "results.json").read_text())
