@@ -61,17 +61,18 @@ class LocalBackend:
         self.path = Path(path)
         self._indexes: dict[str, tuple[int, tuple, AnnIndex, np.ndarray]] = {}
         self._warned: set[str] = set()
+        self.answered_by: str | None = None  # "ann" or "exact": how the last `nearest` answered
 
     def nearest(self, snap, vectors: np.ndarray, queries: np.ndarray, k: int,
                 use_ann: bool) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (scores, rows) among ``snap``'s live rows per query: from the saved index
         when ``use_ann`` and the index is usable, else (and as the fallback) the exact scan."""
-        live = snap.live_rows
         ann = self.reader_index(snap, vectors) if use_ann else None
+        self.answered_by = "exact" if ann is None else "ann"
         if ann is None:
-            valid = np.zeros(len(vectors), dtype=bool)
-            valid[live[live < len(vectors)]] = True
-            return exact_topk(vectors, queries, k, valid=valid)
+            n = len(vectors)
+            return exact_topk(vectors, queries, k,
+                              valid=None if snap.all_live(n) else snap.live_mask(n))
         index, fresh = ann
         hits = rescore(vectors, queries, index.search(queries, k)[1])
         if not fresh.size:
