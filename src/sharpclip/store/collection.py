@@ -859,15 +859,24 @@ class Collection:
         """Whether a readable ANN index file exists for the current vector file."""
         return self.backend.reader_index(*self.read_vectors()) is not None
 
-    def sync_index(self, config: SearchConfig | None = None, progress: bool = False) -> bool:
+    def index_settings(self) -> dict | None:
+        """The saved ANN index's codec, search breadth (and the recall it was tuned to) and
+        memory per vector, or None when there is no usable index."""
+        found = self.backend.reader_index(*self.read_vectors())
+        return None if found is None else found[0].settings()
+
+    def sync_index(self, config: SearchConfig | None = None, progress: bool = False,
+                   recall: float | None = None) -> bool:
         """Bring the saved ANN index up to date with the live rows (call under ``writing``):
-        built when the collection first reaches ``config.ann_threshold``, then kept in step.
-        Returns whether the file was written."""
+        built when the collection first reaches ``config.ann_threshold``, then kept in step, its
+        search breadth tuned to recall@10 ``recall`` (see
+        :meth:`~sharpclip.store.local_backend.LocalBackend.sync`). Returns whether the file was
+        written."""
         config = config or SearchConfig()
         snap, vectors = self.read_vectors()
         if not self.uses_ann(len(snap.live_rows), False, config):
             return False
-        return self.backend.sync(snap, vectors, config, progress)
+        return self.backend.sync(snap, vectors, config, progress, recall)
 
     # -- derived caches -------------------------------------------------------------------------
 
