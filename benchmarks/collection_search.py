@@ -5,7 +5,8 @@ depend on values) is committed directly, then each query kind is timed through
 ``Collection.search`` (SQLite snapshot, the lag check against the saved index, exact re-scoring of
 the ANN hits, the checksum of each hit's batch, row -> path lookup: everything but encoding, since
 ``--like`` reuses a stored vector) beside the core call it wraps on the same data:
-``exact_topk`` for exact search, ``AnnIndex.search`` for the HNSW index, the projected scan for a
+``exact_topk`` for exact search, ``AnnIndex.search`` for the HNSW index (with the exact re-ranking
+of its candidates from the vector file, part of the method), the projected scan for a
 conditional query, each called as the collection calls it (a live mask only when rows were
 removed). The ratio (pipeline / core) has the goal <= 1.2. ``--removed F`` removes that fraction of
 the items first (so masks and the index's deletion bitmap are exercised).
@@ -67,8 +68,9 @@ def main() -> None:
              lambda: exact_topk(gallery, project(query, W), args.k, valid=mask)),
         ]
         if index is not None:
-            rows.insert(1, ("HNSW", lambda: coll.search(like=like, k=args.k),
-                            lambda: index.search(query, args.k)))
+            rows.insert(1, (f"HNSW ({index.config.codec}, efSearch {index.ef_search_}, re-ranked)",
+                            lambda: coll.search(like=like, k=args.k),
+                            lambda: index.search(query, args.k, vectors=vectors)))
         print(f"{datetime.date.today()} {platform.machine()}, {args.n} items x {coll.info.dim} "
               f"(synthetic), {args.removed:.0%} removed, k={args.k}, median of {args.repeats}, "
               f"load average {os.getloadavg()[0]:.1f}")

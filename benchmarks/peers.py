@@ -29,7 +29,6 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # single-thread queries (before numpy loads)
-os.environ.setdefault("LANCE_LOG", "error")  # LanceDB warns at every query otherwise
 
 import argparse
 import ctypes
@@ -224,7 +223,8 @@ def lancedb_scan(x, file, work, args):
     build = time.perf_counter() - start
 
     def search(q, k, _):
-        found = table.search(q).distance_type("dot").limit(k).select(["id"]).to_arrow()
+        found = (table.search(q).distance_type("dot").limit(k).select(["id", "_distance"])
+                 .to_arrow())
         return found["id"].to_numpy()
     return Engine("LanceDB (no index)", search, [None], label=lambda _: "scan", build_s=build,
                   keep=[db, table], disk_bytes=folder_bytes(work / "scan" / "lance"))
@@ -240,7 +240,7 @@ def lancedb_ivfpq(x, file, work, args):
     def search(q, k, setting):
         nprobes, refine = setting
         found = (table.search(q).distance_type("dot").nprobes(nprobes).refine_factor(refine)
-                 .limit(k).select(["id"]).to_arrow())
+                 .limit(k).select(["id", "_distance"]).to_arrow())
         return found["id"].to_numpy()
     return Engine("LanceDB IVF-PQ + refine", search, settings,
                   label=lambda s: f"nprobes={s[0]} refine={s[1]}", build_s=build,
