@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import faiss
 import numpy as np
 import pytest
 
 from sharpclip.store.search_index import (
+    CODECS,
     AnnIndex,
     SearchConfig,
     exact_topk,
@@ -106,24 +109,50 @@ def data():
     return vectors, queries
 
 
-def test_ann_agrees_with_exact(data):
+@pytest.mark.parametrize("codec", CODECS)
+def test_ann_agrees_with_exact(data, codec):
     vectors, queries = data
     rows = np.arange(len(vectors)) * 3 + 1000  # collection rows need not be 0..n-1
-    index = AnnIndex.build(vectors, rows, progress=False)
+    stored = np.zeros((rows.max() + 1, vectors.shape[1]), np.float32)  # the collection's file
+    stored[rows] = vectors
+    index = AnnIndex.build(vectors, rows, SearchConfig(codec=codec), progress=False)
     assert len(index) == len(vectors)
-    scores, found = index.search(queries, 10)
     _, truth = exact_topk(vectors, queries, 10)
+    scores, found = index.search(queries, 10, vectors=stored)
     assert recall_at(found, rows[truth]) >= 0.95
-    assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
-    # scores are the true inner products of the returned rows
+    assert np.all(np.diff(scores, axis=1) <= 0)  # best first
+    # re-ranked from the stored vectors: the scores are the returned rows' true inner products
     pos = (found - 1000) // 3
     np.testing.assert_allclose(scores, np.einsum("qkd,qd->qk", vectors[pos], queries), atol=1e-5)
+    graph_scores, graph_rows = index.search(queries, 10)  # the graph's own scores
+    assert recall_at(graph_rows, rows[truth]) >= 0.9
+    if codec == "flat":
+        np.testing.assert_allclose(graph_scores, scores, atol=1e-5)
 
 
-def test_removed_rows_never_returned(data):
+@pytest.mark.parametrize("codec", ["sq8", "fp16"])
+def test_compressed_graph_holds_less_and_reranks_to_the_exact_order(data, codec):
+    """Where the exact top-10 is among the pool, the re-ranked answer is exactly it, in order."""
+    vectors, queries = data
+    config = SearchConfig(codec=codec, ef_search=200)
+    index = AnnIndex.build(vectors, np.arange(len(vectors)), config, progress=False)
+    flat = AnnIndex.build(vectors, np.arange(len(vectors)), SearchConfig(codec="flat"),
+                          progress=False)
+    ratio = {"sq8": 0.25, "fp16": 0.5}[codec]  # bytes per dimension vs float32's 4
+    graph = flat.nbytes() - len(vectors) * vectors.shape[1] * 4
+    assert index.nbytes() == pytest.approx(graph + ratio * len(vectors) * vectors.shape[1] * 4,
+                                           rel=0.02)
+    ref_scores, ref_rows = reference_topk(vectors, queries, 10)
+    scores, rows = index.search(queries, 10, vectors=vectors)
+    np.testing.assert_array_equal(rows, ref_rows)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_removed_rows_never_returned(data, codec):
     vectors, queries = data
     rows = np.arange(len(vectors))
-    index = AnnIndex.build(vectors, rows, progress=False)
+    index = AnnIndex.build(vectors, rows, SearchConfig(codec=codec), progress=False)
     rng = np.random.default_rng(3)
     removed = rng.choice(len(vectors), 900, replace=False)
     assert index.remove(removed) == 900
@@ -131,7 +160,8 @@ def test_removed_rows_never_returned(data):
     assert len(index) == len(vectors) - 900
     # query with the removed vectors themselves: each is its own best match if it were present
     probe = np.concatenate([vectors[removed[:50]], queries])
-    _, ann_rows = index.search(probe, 10)
+    _, ann_rows = index.search(probe, 10, vectors=vectors)
+    assert not np.isin(index.search(probe, 10)[1], removed).any()
     valid = np.ones(len(vectors), bool)
     valid[removed] = False
     _, exact_rows = exact_topk(vectors, probe, 10, valid=valid)
@@ -161,11 +191,12 @@ def test_everything_removed_and_k_larger_than_index(data):
     assert AnnIndex(32).search(queries[:1], 5)[1].shape == (1, 0)
 
 
-def test_incremental_add_equals_one_build(data):
+@pytest.mark.parametrize("codec", CODECS)
+def test_incremental_add_equals_one_build(data, codec):
     """Graphs built in different insertion orders differ, but at this size and efSearch both
-    return the exact top-10, so their results are equal."""
+    return the exact top-10 once re-ranked, so their results are equal."""
     vectors, queries = data
-    config = SearchConfig(ef_search=256, threads=1)
+    config = SearchConfig(ef_search=256, threads=1, codec=codec)
     rows = np.arange(len(vectors))
     once = AnnIndex.build(vectors, rows, config, progress=False)
     steps = AnnIndex(vectors.shape[1], config)
@@ -173,8 +204,8 @@ def test_incremental_add_equals_one_build(data):
         steps.add(vectors[part], part, progress=False)
     np.testing.assert_array_equal(steps.rows_, once.rows_)
     _, exact_rows = exact_topk(vectors, queries, 10)
-    _, a = once.search(queries, 10)
-    _, b = steps.search(queries, 10)
+    _, a = once.search(queries, 10, vectors=vectors)
+    _, b = steps.search(queries, 10, vectors=vectors)
     np.testing.assert_array_equal(a, exact_rows)
     np.testing.assert_array_equal(b, exact_rows)
 
@@ -195,24 +226,29 @@ def test_add_checks_rows(data):
     assert rows.tolist() == [[3]]
 
 
-def test_save_load_round_trip(data, tmp_path):
+@pytest.mark.parametrize("codec", CODECS)
+def test_save_load_round_trip(data, tmp_path, codec):
     vectors, queries = data
-    config = SearchConfig(hnsw_m=16, ef_search=64, ann_threshold=1234)
+    config = SearchConfig(hnsw_m=16, ef_search=64, ann_threshold=1234, codec=codec)
     index = AnnIndex.build(vectors, np.arange(len(vectors)) + 7, config, progress=False)
     index.remove([7, 8, 100])
+    index.tuning_ = {"ef_search": 48, "recall": 0.97, "target": 0.95}
     path = tmp_path / "ann.index"
     index.save(path)
     index.save(path)  # overwriting is atomic too
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ann.index"]
     loaded = AnnIndex.load(path)
     assert loaded.config == config and loaded.dim == index.dim
+    assert loaded.tuning_ == index.tuning_ and loaded.ef_search_ == 48
     np.testing.assert_array_equal(loaded.rows_, index.rows_)
     np.testing.assert_array_equal(loaded.deleted_, index.deleted_)
     for got, want in zip(loaded.search(queries, 10), index.search(queries, 10)):
         np.testing.assert_array_equal(got, want)
-    # its own copy of the vectors plus the graph; within 1% of faiss's serialised size
+    # its own copy of the vectors (or their codes) plus the graph; within 1% of faiss's
+    # serialised size
     faiss_size = faiss.serialize_index(index.index_).nbytes + index.rows_.nbytes + len(vectors)
-    assert vectors.nbytes < index.nbytes() == pytest.approx(faiss_size, rel=0.01)
+    assert index.nbytes() == pytest.approx(faiss_size, rel=0.01)
+    assert codec != "flat" or index.nbytes() > vectors.nbytes
 
     empty = tmp_path / "empty.index"
     AnnIndex(5).save(empty)
@@ -222,12 +258,37 @@ def test_save_load_round_trip(data, tmp_path):
         AnnIndex.load(tmp_path / "junk")
 
 
+def test_an_index_file_of_format_1_loads_as_a_flat_graph(data, tmp_path):
+    """Files written before codecs and tuning existed (format 1) keep working."""
+    vectors, queries = data
+    index = AnnIndex.build(vectors, np.arange(len(vectors)), SearchConfig(codec="flat"),
+                           progress=False)
+    index.save(tmp_path / "new.index")
+    raw = (tmp_path / "new.index").read_bytes()
+    start = len(b"SHARPCLIP-ANN\n")
+    size = int.from_bytes(raw[start:start + 8], "little")
+    header = json.loads(raw[start + 8:start + 8 + size])
+    for key in ("codec", "train_rows"):
+        del header["config"][key]
+    del header["tuning"]
+    header["format_version"] = 1
+    old = json.dumps(header).encode()
+    (tmp_path / "old.index").write_bytes(raw[:start] + len(old).to_bytes(8, "little") + old
+                                         + raw[start + 8 + size:])
+    loaded = AnnIndex.load(tmp_path / "old.index")
+    assert loaded.config.codec == "flat" and loaded.tuning_ is None
+    assert loaded.ef_search_ == SearchConfig().ef_search
+    np.testing.assert_array_equal(loaded.search(queries, 10)[1], index.search(queries, 10)[1])
+
+
 def test_policy_and_config():
     assert not needs_ann(199, 200) and needs_ann(200, 200)
     with pytest.raises(ValueError, match="hnsw_m"):
         SearchConfig(hnsw_m=0)
     with pytest.raises(ValueError, match="max_deleted_fraction"):
         SearchConfig(max_deleted_fraction=1.5)
+    with pytest.raises(ValueError, match="codec must be one of flat, sq8, fp16"):
+        SearchConfig(codec="pq")
 
 
 def test_rescore_and_merge_against_literal_sorting():

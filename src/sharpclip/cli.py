@@ -56,6 +56,17 @@ def _count(low: int):
     return parse
 
 
+def _recall(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not a recall: give a number in (0, 1], "
+                                         "e.g. 0.95")
+    return value
+
+
 def _cmd_shapes(args: argparse.Namespace) -> int:
     config = shapes.ShapesConfig(kind=args.kind, size=args.size, seed=args.seed, split=args.split,
                                  image_size=args.image_size)
@@ -224,7 +235,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
     calibrate = CVEConfig() if args.calibrate else None
     config = IndexConfig(workers=args.workers, batch_size=args.batch_size, draft=args.fast_decode,
                          progress=not args.quiet and sys.stderr.isatty(), regions=regions,
-                         calibrate=calibrate, **limit)
+                         calibrate=calibrate, recall=args.recall, **limit)
     with Collection.open_or_create(args.collection, args.model) as coll:
         report = coll.add(args.paths, config=config)
     print(report.summary())
@@ -257,6 +268,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
                   "fingerprint": coll.info.fingerprint, "dim": coll.info.dim,
                   "items": counts["ok"], "failed": counts["error"], "vector_sets": sets,
                   "ann_index": coll.has_index() if coll.uses_ann(live, None) else None,
+                  "ann_search": coll.index_settings() if coll.uses_ann(live, None) else None,
                   "bad_files": bad}
     if args.json:
         print(json.dumps(status, indent=2))
@@ -268,6 +280,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
                    if entry["orphaned_rows"] else "")
         grid = f" (grid {entry['grid']})" if "grid" in entry else ""
         print(f"vector set {entry['name']}{grid}: {entry['rows']} rows{orphans}")
+    if status["ann_search"]:
+        ann = status["ann_search"]
+        tuned = ann["tuning"]
+        how = (f"tuned to recall@{tuned['k']} {tuned['target']} on {tuned['queries']} held-out "
+               f"vectors: {tuned['recall']:.3f}{'' if tuned['met'] else ' (target not reached)'}"
+               if tuned else "default, not tuned")
+        print(f"ANN index: HNSW M={ann['hnsw_m']} {ann['codec']}, {ann['bytes_per_vector']} B/vector "
+              f"in memory; efSearch {ann['ef_search']} ({how})")
     if status["ann_index"] is False:
         print(f"no ANN index: searches scan exactly; `sharpclip check -c {args.collection} "
               "--repair` builds it")
@@ -456,6 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate", action="store_true",
                    help="also store CVE's calibrated embedding (for search --calibrate); added to "
                    "the stored items that lack it without re-embedding their images")
+    p.add_argument("--recall", type=_recall, default=None, metavar="R",
+                   help="recall@10 the ANN index's search breadth is tuned to on held-out vectors "
+                   "of the collection (default: the last target, else 0.95; a new one rebuilds "
+                   "the index)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_index)
 

@@ -98,6 +98,13 @@ def search(coll, text: str | None = None, image=None, like=None, k: int = 20,
     ``captions`` (a file, one per line) or the concept vocabulary's prompts. ``exact`` True forces
     the exact scan.
     """
+    with coll.reading():  # one snapshot per vector set for the whole query
+        return _search(coll, text, image, like, k, exact, condition, concepts, rerank, steer,
+                       shortlist, calibrate, captions)
+
+
+def _search(coll, text, image, like, k, exact, condition, concepts, rerank, steer, shortlist,
+            calibrate, captions) -> SearchResult:
     values = {}
     if steer not in (None, False):
         from sharpclip.concepts import load_vocabulary
@@ -106,12 +113,13 @@ def search(coll, text: str | None = None, image=None, like=None, k: int = 20,
     steer_config, attributes = _steer_plan(steer, values)
     described: dict = {}
     vector = None
+    gallery = CollectionGallery(coll, concepts=concepts)
     if like is not None:
         item = coll.item(like)
         if item is None or item.status != "ok":
             raise ValueError(f"{like} is not an indexed item of {coll.path}; "
                              "index it first or query with --image FILE")
-        vector = CollectionGallery(coll).vectors([item.id])[0]
+        vector = gallery.vectors([item.id])[0]
         described["like"] = item.path
     elif image is not None:
         from sharpclip.data.imagefiles import load_rgb
@@ -133,7 +141,6 @@ def search(coll, text: str | None = None, image=None, like=None, k: int = 20,
     plan = QueryPlan(text=text, image=image, vector=vector, k=k, condition=condition, exact=exact,
                      steer=steer_config, steer_attributes=attributes,
                      rerank=_rerank_config(rerank, shortlist), calibrate=dcc)
-    gallery = CollectionGallery(coll, concepts=concepts)
     discriminative = None
     if dcc is not None:
         from sharpclip.query.calibration import reference_corpus
@@ -145,8 +152,7 @@ def search(coll, text: str | None = None, image=None, like=None, k: int = 20,
     if condition is not None:
         described["condition"] = condition
     else:
-        ann = coll.uses_ann(len(coll.live_rows()[0]), exact) and coll.has_index()
-        described["mode"] = "ann" if ann else "exact"
+        described["mode"] = coll.backend.answered_by
     described.update(result.details)
     if plan.rerank is not None and gallery.computed_on_demand:
         described["regions_computed"] = gallery.computed_on_demand

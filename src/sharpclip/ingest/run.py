@@ -58,12 +58,15 @@ class IndexConfig:
     progress: bool = True
     regions: RegionGrid | None = None
     calibrate: CVEConfig | None = None
+    recall: float | None = None  # the ANN index's recall@10 target (None: as before, else 0.95)
 
     def __post_init__(self) -> None:
         for name, low in (("workers", 0), ("batch_size", 1), ("max_pixels", 1), ("prefetch", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.recall is not None and not 0.0 < self.recall <= 1.0:
+            raise ValueError(f"recall must be in (0, 1], got {self.recall!r}")
 
 
 @dataclass
@@ -153,7 +156,7 @@ def index_paths(coll: Collection, paths: Iterable[str | os.PathLike],
             commit_batch(coll, model, stages, batch, known, report)
             bar.update(len(batch))
         bar.close()
-        coll.sync_index(progress=config.progress)
+        coll.sync_index(progress=config.progress, recall=config.recall)
     report.seconds = time.perf_counter() - start
     return report
 

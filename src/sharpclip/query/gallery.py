@@ -108,18 +108,39 @@ class CollectionGallery:
     """
 
     def __init__(self, coll, grid=None, encode_images=None, concepts=None):
-        from sharpclip.data.regions import RegionGrid
-        from sharpclip.store.collection import REGIONS_SET
-
         self.coll = coll
         self.dim = coll.info.dim
-        stored = coll.vector_set(REGIONS_SET)
-        self.grid = grid or RegionGrid(stored.params["grid"] if stored else RegionGrid().spec)
-        self.has_stored_regions = stored is not None
+        self._grid = grid
+        self._has_stored_regions: bool | None = None  # looked up on first use of regions
         self._encode_images = encode_images
         self._concepts = concepts
         self._on_demand: dict[tuple[int, str], np.ndarray] = {}
         self.computed_on_demand = 0  # items whose regions this gallery had to compute
+
+    def _look_up_regions(self) -> None:
+        """Read the stored ``regions`` set once (on first use: a plain search never needs it)."""
+        from sharpclip.data.regions import RegionGrid
+        from sharpclip.store.collection import REGIONS_SET
+
+        stored = self.coll.vector_set(REGIONS_SET)
+        if self._has_stored_regions is None:
+            self._has_stored_regions = stored is not None
+        if self._grid is None:
+            self._grid = RegionGrid(stored.params["grid"] if stored else RegionGrid().spec)
+
+    @property
+    def grid(self):
+        """The region grid: the one given, else the stored regions' own, else the default."""
+        if self._grid is None:
+            self._look_up_regions()
+        return self._grid
+
+    @property
+    def has_stored_regions(self) -> bool:
+        """Whether the collection holds a readable ``regions`` vector set."""
+        if self._has_stored_regions is None:
+            self._look_up_regions()
+        return self._has_stored_regions
 
     def _rows_to_ids(self, rows: np.ndarray, name: str) -> np.ndarray:
         snap = self.coll.snapshot(name)
@@ -171,7 +192,7 @@ class CollectionGallery:
                 vectors = coll.read_vectors(REGIONS_SET)[1]
             except DamagedCollectionError as error:  # regions lost: computed from the files
                 logger.warning("%s", error)
-                self.has_stored_regions = False
+                self._has_stored_regions = False
         if vectors is not None:
             starts, counts = coll.rows_for_items(REGIONS_SET, ids)
             rows = [np.arange(s, s + c) for s, c in zip(starts, counts)]

@@ -42,7 +42,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -166,10 +166,25 @@ class Snapshot:
     file: Path
     live_rows: np.ndarray
     live_ids: np.ndarray
+    _masks: dict = field(default_factory=dict, compare=False, repr=False)
 
     def live_mask(self, n: int | None = None) -> np.ndarray:
-        """Boolean mask over the first ``n`` rows (default: all committed): True where live."""
-        return _row_mask(self.live_rows, self.rows if n is None else n)
+        """Boolean mask over the first ``n`` rows (default: all committed): True where live.
+        Built once per snapshot and length, read-only."""
+        n = self.rows if n is None else n
+        if n not in self._masks:
+            mask = _row_mask(self.live_rows, n)
+            mask.flags.writeable = False
+            self._masks[n] = mask
+        return self._masks[n]
+
+    def all_live(self, n: int | None = None) -> bool:
+        """Whether every one of the first ``n`` rows (default: all committed) is live (then a
+        search needs no mask). Live rows are distinct, so this is a count, made once."""
+        n = self.rows if n is None else n
+        if ("all", n) not in self._masks:
+            self._masks["all", n] = int(np.count_nonzero(self.live_rows < n)) == n
+        return self._masks["all", n]
 
 
 def surviving_rows(batch_ends: Sequence[int], present: int) -> int:
@@ -189,10 +204,12 @@ class Collection:
         self._model = model
         # Derived from the database, kept per generation: reused while nothing was committed.
         self._snaps: dict[str, Snapshot] = {}
+        # Inside `reading`: each set's snapshot and checked memory map, one per query.
+        self._pinned: dict | None = None
+        self._maps: dict[str, tuple[tuple, np.memmap]] = {}  # each set's current memory map
         self.backend = LocalBackend(self.path)
         self._caches = Caches(self.path / "cache")
-        self._verified_batches: dict[tuple, bool] = {}
-        self._batch_index: dict[tuple, tuple] = {}
+        self._batch_index: dict[str, tuple] = {}  # per set: (generation, file) -> its batches
         self.repairs: list[str] = []  # what the writer repaired on taking the lock, for reports
         self._db = _connect(self.path / DB_NAME)
 
@@ -355,9 +372,31 @@ class Collection:
         return [(name, int(dim), int(rows), self.path / "vectors" / file) for name, dim, rows, file
                 in self._db.execute("SELECT name, dim, rows, file FROM vector_sets ORDER BY name")]
 
+    @contextmanager
+    def reading(self):
+        """Pin each vector set's snapshot for the duration (one query): the first
+        :meth:`snapshot` of a set inside asks the catalog for the generation, later ones reuse
+        it, so one query sees one state and pays one catalog read per set."""
+        if self._pinned is not None:  # nested: the outer scope's pins hold
+            yield self
+            return
+        self._pinned = {}
+        try:
+            yield self
+        finally:
+            self._pinned = None
+
     def snapshot(self, name: str = IMAGE_SET) -> Snapshot:
         """The reader's consistent view of vector set ``name`` (see :class:`Snapshot`), read again
-        only when the generation has moved on (reading every live row costs ~0.2 s at 250k items)."""
+        only when the generation has moved on (reading every live row costs ~0.2 s at 250k items);
+        inside :meth:`reading`, the one pinned for the query."""
+        if self._pinned is not None:
+            if name not in self._pinned:
+                self._pinned[name] = self._current_snapshot(name)
+            return self._pinned[name]
+        return self._current_snapshot(name)
+
+    def _current_snapshot(self, name: str) -> Snapshot:
         generation = self.generation
         cached = self._snaps.get(name)
         if cached is not None and cached.generation == generation:
@@ -451,14 +490,32 @@ class Collection:
                 truncated by something else); never padded with zeros.
         """
         snap = snapshot or self.snapshot(name)
+        if self._pinned is not None and self._pinned.get(snap.vector_set) is snap:
+            checked = self._pinned.get(("map", snap.vector_set))
+            if checked is not None:  # checked once in this query already
+                return checked
         expected = snap.rows * snap.dim * 4
-        size = snap.file.stat().st_size if snap.file.exists() else None
+        try:
+            stat = snap.file.stat()
+            size = stat.st_size
+        except FileNotFoundError:
+            size = None
         if snap.rows and (size is None or size < expected):
             raise DamagedCollectionError(short_file_message(self.path, snap.file, snap.rows,
                                                             (size or 0) // (snap.dim * 4), size))
         if snap.rows == 0:
             return np.zeros((0, snap.dim), np.float32)
-        return np.memmap(snap.file, dtype=np.float32, mode="r", shape=(snap.rows, snap.dim))
+        # One map per set and file version, reused while only appends happen; the size check
+        # above runs on every call, so a file cut at rest still raises instead of being read.
+        key = (snap.file, snap.rows, snap.dim, stat.st_ino)
+        cached = self._maps.get(snap.vector_set)
+        if cached is None or cached[0] != key:
+            cached = key, np.memmap(snap.file, dtype=np.float32, mode="r",
+                                    shape=(snap.rows, snap.dim))
+            self._maps[snap.vector_set] = cached
+        if self._pinned is not None and self._pinned.get(snap.vector_set) is snap:
+            self._pinned["map", snap.vector_set] = cached[1]
+        return cached[1]
 
     def read_vectors(self, name: str = IMAGE_SET) -> tuple[Snapshot, np.ndarray]:
         """A snapshot and its vectors; read once more if a writer swapped the vector file
@@ -505,34 +562,49 @@ class Collection:
         Search drops hits that fail, so a damaged vector never returns a wrong file."""
         snap, vectors = self.read_vectors(name)
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        inode = snap.file.stat().st_ino if snap.rows else 0
-        starts, counts, digests = self._batches(name, snap.generation)
-        out = np.ones(len(rows), dtype=bool)
+        starts, counts, digests, verdicts = self._batches(snap)
         at = np.searchsorted(starts, rows, side="right") - 1
-        for i, row in enumerate(rows.tolist()):
-            b = int(at[i])
-            if row < 0 or row >= snap.rows or b < 0 or row >= starts[b] + counts[b]:
-                continue
-            start, count = int(starts[b]), int(counts[b])
-            key = (str(snap.file), inode, start)
-            if key not in self._verified_batches:
-                data = np.ascontiguousarray(vectors[start:start + count]).tobytes()
-                self._verified_batches[key] = hashlib.sha256(data).hexdigest() == digests[b]
-            out[i] = self._verified_batches[key]
+        inside = (rows >= 0) & (rows < snap.rows) & (at >= 0)
+        inside[inside] &= rows[inside] < (starts + counts)[at[inside]]
+        batch = at[inside]
+        pending = batch[verdicts[batch] < 0]
+        for b in np.unique(pending).tolist() if pending.size else ():
+            data = np.ascontiguousarray(vectors[starts[b]:starts[b] + counts[b]]).tobytes()
+            verdicts[b] = hashlib.sha256(data).hexdigest() == digests[b]
+        out = np.ones(len(rows), dtype=bool)
+        out[inside] = verdicts[batch] == 1
         return out
 
-    def _batches(self, name: str, generation: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """(starts, counts, sha256) of set ``name``'s checksum batches by start, read once per
-        generation (one query, not one per hit)."""
-        key = (name, generation)
-        if key not in self._batch_index:
-            found = self._db.execute("SELECT start, count, sha256 FROM vector_batches WHERE "
-                                     "vector_set = ? ORDER BY start", (name,)).fetchall()
-            self._batch_index = {k: v for k, v in self._batch_index.items() if k[0] != name}
-            self._batch_index[key] = (np.array([f[0] for f in found], dtype=np.int64),
-                                      np.array([f[1] for f in found], dtype=np.int64),
-                                      [f[2] for f in found])
-        return self._batch_index[key]
+    def _batches(self, snap: Snapshot) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+        """(starts, counts, sha256, verdicts) of the snapshot's checksum batches by start, read
+        once per generation (one query, not one per hit). ``verdicts`` (1 intact, 0 changed, -1
+        not hashed yet) carry over from the previous generation for the batches that are the
+        same (start, count, checksum) in the same file."""
+        name = snap.vector_set
+        mapped = self._maps.get(name)  # the file version `vectors` just checked, if mapped
+        inode = mapped[0][3] if mapped and mapped[0][0] == snap.file else (
+            snap.file.stat().st_ino if snap.file.exists() else 0)
+        key = (name, snap.generation, str(snap.file), inode)
+        previous = self._batch_index.get(name)
+        if previous is not None and previous[0] == key:
+            return previous[1]
+        found = self._db.execute("SELECT start, count, sha256 FROM vector_batches WHERE "
+                                 "vector_set = ? ORDER BY start", (name,)).fetchall()
+        starts = np.array([f[0] for f in found], dtype=np.int64)
+        counts = np.array([f[1] for f in found], dtype=np.int64)
+        digests = [f[2] for f in found]
+        verdicts = np.full(len(found), -1, np.int8)
+        if previous is not None and previous[0][2:] == key[2:]:
+            old_starts, old_counts, old_digests, old_verdicts = previous[1]
+            same = min(len(old_digests), len(digests))
+            for b in range(same):
+                if (old_digests[b] != digests[b] or old_starts[b] != starts[b]
+                        or old_counts[b] != counts[b]):
+                    same = b
+                    break
+            verdicts[:same] = old_verdicts[:same]
+        self._batch_index[name] = (key, (starts, counts, digests, verdicts))
+        return starts, counts, digests, verdicts
 
     def _vector_set(self, name: str) -> tuple[int, int, Path]:
         found = self.vector_set(name)
@@ -789,21 +861,31 @@ class Collection:
         """Whether a readable ANN index file exists for the current vector file."""
         return self.backend.reader_index(*self.read_vectors()) is not None
 
-    def sync_index(self, config: SearchConfig | None = None, progress: bool = False) -> bool:
+    def index_settings(self) -> dict | None:
+        """The saved ANN index's codec, search breadth (and the recall it was tuned to) and
+        memory per vector, or None when there is no usable index."""
+        found = self.backend.reader_index(*self.read_vectors())
+        return None if found is None else found[0].settings()
+
+    def sync_index(self, config: SearchConfig | None = None, progress: bool = False,
+                   recall: float | None = None) -> bool:
         """Bring the saved ANN index up to date with the live rows (call under ``writing``):
-        built when the collection first reaches ``config.ann_threshold``, then kept in step.
-        Returns whether the file was written."""
+        built when the collection first reaches ``config.ann_threshold``, then kept in step, its
+        search breadth tuned to recall@10 ``recall`` (see
+        :meth:`~sharpclip.store.local_backend.LocalBackend.sync`). Returns whether the file was
+        written."""
         config = config or SearchConfig()
         snap, vectors = self.read_vectors()
         if not self.uses_ann(len(snap.live_rows), False, config):
             return False
-        return self.backend.sync(snap, vectors, config, progress)
+        return self.backend.sync(snap, vectors, config, progress, recall)
 
     # -- derived caches -------------------------------------------------------------------------
 
-    def cache_get(self, name: str, key: str) -> np.ndarray | None:
-        """A cached array stored under ``key`` at the current generation, intact, else None."""
-        return self._caches.get(name, key, self.generation)
+    def cache_get(self, name: str, key: str, generation: int | None = None) -> np.ndarray | None:
+        """A cached array stored under ``key`` at ``generation`` (default: the current one),
+        intact, else None."""
+        return self._caches.get(name, key, self.generation if generation is None else generation)
 
     def cache_put(self, name: str, key: str, array: np.ndarray, generation: int) -> None:
         """Store a derived array under ``key``, stamped with the ``generation`` of the data it

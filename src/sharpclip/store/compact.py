@@ -24,6 +24,7 @@ from sharpclip.store.faults import crash_point
 from sharpclip.store.local_backend import index_file_for
 from sharpclip.store.schema import CHECKSUM_BATCH_ROWS
 from sharpclip.store.search_index import AnnIndex, SearchConfig
+from sharpclip.store.tuning import DEFAULT_RECALL, add_tuned
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,12 @@ def compact(coll: Collection, config: SearchConfig | None = None,
     n = len(image.live_rows)
     image_file = next(file for snap, file, _ in rewritten if snap is image)
     if coll.uses_ann(n, False, config):
-        index = AnnIndex.build(np.asarray(np.memmap(image_file, np.float32, "r", shape=(n, image.dim))),
-                               np.arange(n, dtype=np.int64), config, progress=progress)
+        before = coll.index_settings()  # the new index is tuned to the old one's target
+        target = (before or {}).get("tuning") or {}
+        vectors = np.memmap(image_file, np.float32, "r", shape=(n, image.dim))
+        index = AnnIndex(image.dim, config)
+        add_tuned(index, vectors, np.arange(n, dtype=np.int64),
+                  target.get("target", DEFAULT_RECALL), progress)
         index_file_for(image_file).parent.mkdir(exist_ok=True)
         index.save(index_file_for(image_file))
         crash_point("compact.index_written")

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sharpclip.store.search_index import AnnIndex, SearchConfig, exact_topk, merge_topk, rescore
+from sharpclip.store.search_index import AnnIndex, SearchConfig, exact_topk, merge_topk
+from sharpclip.store.tuning import DEFAULT_RECALL, add_tuned
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +37,7 @@ def index_matches(index: AnnIndex, vectors: np.ndarray, sample: int = 16) -> boo
     if index.rows_.max() >= len(vectors) or index.rows_.min() < 0:
         return False
     picked = kept[np.linspace(0, len(kept) - 1, min(sample, len(kept))).astype(np.int64)]
-    stored = np.stack([index.index_.reconstruct(int(i)) for i in picked])
-    return bool(np.allclose(stored, np.asarray(vectors[index.rows_[picked]]), atol=1e-6))
+    return index.stores(picked, np.asarray(vectors[index.rows_[picked]]))
 
 
 def load_index_for(file: Path, vectors: np.ndarray, sample: int = 16) -> AnnIndex:
@@ -61,19 +61,20 @@ class LocalBackend:
         self.path = Path(path)
         self._indexes: dict[str, tuple[int, tuple, AnnIndex, np.ndarray]] = {}
         self._warned: set[str] = set()
+        self.answered_by: str | None = None  # "ann" or "exact": how the last `nearest` answered
 
     def nearest(self, snap, vectors: np.ndarray, queries: np.ndarray, k: int,
                 use_ann: bool) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (scores, rows) among ``snap``'s live rows per query: from the saved index
         when ``use_ann`` and the index is usable, else (and as the fallback) the exact scan."""
-        live = snap.live_rows
         ann = self.reader_index(snap, vectors) if use_ann else None
+        self.answered_by = "exact" if ann is None else "ann"
         if ann is None:
-            valid = np.zeros(len(vectors), dtype=bool)
-            valid[live[live < len(vectors)]] = True
-            return exact_topk(vectors, queries, k, valid=valid)
+            n = len(vectors)
+            return exact_topk(vectors, queries, k,
+                              valid=None if snap.all_live(n) else snap.live_mask(n))
         index, fresh = ann
-        hits = rescore(vectors, queries, index.search(queries, k)[1])
+        hits = index.search(queries, k, vectors=vectors)  # re-ranked exactly from the file
         if not fresh.size:
             return hits
         extra_scores, at = exact_topk(np.asarray(vectors[fresh]), queries, k)
@@ -109,9 +110,14 @@ class LocalBackend:
         self._indexes[snap.vector_set] = (snap.generation, stamp, index, fresh)
         return index, fresh
 
-    def sync(self, snap, vectors: np.ndarray, config: SearchConfig, progress: bool = False) -> bool:
+    def sync(self, snap, vectors: np.ndarray, config: SearchConfig, progress: bool = False,
+             recall: float | None = None) -> bool:
         """Bring ``snap``'s saved index up to date (the writer only): build it, rebuild it when too
-        many rows were removed or the file is unusable, else add and mask incrementally. Returns
+        many rows were removed, the file is unusable, its codec is not ``config``'s or the
+        recall target changed, else add and mask incrementally. The search breadth is tuned to
+        recall@10 ``recall`` (default: the index's own target, else
+        :data:`~sharpclip.store.tuning.DEFAULT_RECALL`) on held-out vectors whenever it is built
+        or grows by more than a tenth (:func:`~sharpclip.store.tuning.add_tuned`). Returns
         whether the file was written."""
         file = index_file_for(snap.file)
         index = None
@@ -120,11 +126,13 @@ class LocalBackend:
                 index = load_index_for(file, vectors)
             except (OSError, ValueError, RuntimeError) as error:
                 logger.warning("%s: unusable ANN index (%s); rebuilding it", file, error)
-        if index is not None and index.needs_rebuild:
-            index = None
+        tuned = (index.tuning_ if index is not None else None) or {}
+        target = recall if recall is not None else tuned.get("target", DEFAULT_RECALL)
         live = snap.live_rows
-        if index is None:
-            index = AnnIndex.build(np.asarray(vectors[live]), live, config, progress=progress)
+        if (index is None or index.needs_rebuild or index.config.codec != config.codec
+                or tuned.get("target") != target):
+            index = AnnIndex(vectors.shape[1], config)
+            add_tuned(index, vectors, live, target, progress)
         else:
             indexed = index.rows_[~index.deleted_]
             stale = np.setdiff1d(indexed, live, assume_unique=True)
@@ -132,7 +140,9 @@ class LocalBackend:
             if not stale.size and not fresh.size:
                 return False
             index.remove(stale)
-            if fresh.size:
+            if fresh.size > 0.1 * tuned["vectors"]:
+                add_tuned(index, vectors, fresh, target, progress)
+            elif fresh.size:
                 index.add(np.asarray(vectors[fresh]), fresh, progress=progress)
         file.parent.mkdir(exist_ok=True)
         index.save(file)

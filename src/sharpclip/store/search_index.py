@@ -16,6 +16,12 @@ of discrete clusters about as many as its lists. IVF builds faster (38 s vs 380 
 delete natively, but it also needs a trained quantizer that goes stale as a collection grows,
 while HNSW grows by insertion. Deletion in HNSW is a mask (see ``AnnIndex.remove``).
 
+The graph holds 8-bit codes of the vectors by default (``SearchConfig.codec``): ~1/4 of a float32
+copy's memory on top of the collection's memory-mapped file (799 against ~2,430 B/vector at
+d=512, ``benchmarks/peers.py``); its beam is re-ranked exactly from the float32 vectors, so scores
+and order are exact for the candidates it finds. Its search breadth is tuned per collection
+(``store.tuning``).
+
 Example::
 
     >>> import numpy as np
@@ -48,7 +54,11 @@ _SCORE_BLOCK_BYTES = 64 * 2**20
 _NO_ROW = np.iinfo(np.int64).max  # initial fill of the running top-k; sorts after real rows
 
 _MAGIC = b"SHARPCLIP-ANN\n"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: the codec (flat / sq8 / fp16) and the tuned search breadth
+
+# How the graph stores its vectors: faiss's own float32 copy, or scalar-quantised codes
+# (searched approximately, then re-ranked exactly from the collection's float32 vectors).
+CODECS = ("flat", "sq8", "fp16")
 
 
 @dataclass(frozen=True)
@@ -63,8 +73,17 @@ class SearchConfig:
         where M=32 reached 0.96; M=48 was better per efSearch but slower per step, so about the
         same per millisecond, with a slower build and 128 more bytes per vector.
     ef_construction: HNSW build beam width (faiss default 40; 120 was no better at 200k rows).
-    ef_search: HNSW search beam width (raised to ``k`` when ``k`` is larger). 384 is the smallest
-        measured value with recall@10 >= 0.95 at 1M rows (0.963, p50 3.9 ms); 256 gave 0.935.
+    ef_search: HNSW search beam width (raised to ``k`` when ``k`` is larger) of an index that was
+        not tuned (``store.tuning`` picks one per collection when the index is built or grown).
+        384 is the smallest measured value with recall@10 >= 0.95 at 1M rows on the synthetic
+        data (0.963, p50 3.9 ms); 256 gave 0.935.
+    codec: how the graph holds the vectors: ``sq8`` (8 bits per dimension, ~1/4 of float32's
+        memory) or ``fp16``, whose approximate scores pick a candidate pool of ``ef_search``
+        that is re-ranked exactly from the collection's float32 vectors, or ``flat`` (a float32
+        copy: 2,048 B/vector at d=512 on top of the memory-mapped file).
+    train_rows: vectors sampled (evenly) from the first ones added to fit the scalar
+        quantiser's per-dimension ranges; later vectors outside them are clipped, which only
+        costs candidate quality, never a score (scores come from the float32 vectors).
     max_deleted_fraction: above this fraction of removed rows ``AnnIndex.needs_rebuild`` is true
         (filtered HNSW search walks through deleted nodes, so recall and speed degrade).
     threads: faiss threads for building; ``None`` = ``os.cpu_count()``. Searches use at most one
@@ -77,14 +96,20 @@ class SearchConfig:
     hnsw_m: int = 32
     ef_construction: int = 40
     ef_search: int = 384
+    codec: str = "sq8"
+    train_rows: int = 100_000
     max_deleted_fraction: float = 0.2
     threads: int | None = None
     add_batch: int = 50_000
 
     def __post_init__(self) -> None:
-        for name in ("ann_threshold", "hnsw_m", "ef_construction", "ef_search", "add_batch"):
+        for name in ("ann_threshold", "hnsw_m", "ef_construction", "ef_search", "add_batch",
+                     "train_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SearchConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.codec not in CODECS:
+            raise ValueError(f"SearchConfig.codec must be one of {', '.join(CODECS)}, "
+                             f"got {self.codec!r}")
         if not 0.0 <= self.max_deleted_fraction <= 1.0:
             raise ValueError("SearchConfig.max_deleted_fraction must be in [0, 1], "
                              f"got {self.max_deleted_fraction}")
@@ -249,7 +274,8 @@ def _faiss_threads(n: int) -> Iterator[None]:
 
 
 class AnnIndex:
-    """Approximate top-K by inner product: a faiss HNSW-Flat graph plus a row map and a deletion mask.
+    """Approximate top-K by inner product: a faiss HNSW graph (over float32 vectors or scalar-
+    quantised codes, ``SearchConfig.codec``) plus a row map and a deletion mask.
 
     faiss numbers vectors 0, 1, 2, ... in the order they are added; ``rows_[i]`` is the
     collection row of faiss vector ``i``. faiss HNSW cannot remove vectors, so ``remove`` marks
@@ -258,15 +284,22 @@ class AnnIndex:
     When the deleted fraction passes ``config.max_deleted_fraction``, ``needs_rebuild`` says to
     build a fresh index from the live rows.
 
+    Given the float32 vectors (``search(..., vectors=)``), a search takes the graph's whole beam
+    (``ef_search`` candidates) and re-ranks it exactly: with a compressed codec that is what
+    makes the scores and the order exact; with ``flat`` it guards against a damaged index.
+    ``tuning_`` is what ``store.tuning`` measured and chose (``ef_search``, its recall@10, the
+    target), saved with the index; it overrides ``config.ef_search``.
+
     The constructor only stores parameters; use ``AnnIndex.build`` or ``add``.
     """
 
     def __init__(self, dim: int, config: SearchConfig | None = None) -> None:
         self.dim = dim
         self.config = config if config is not None else SearchConfig()
-        self.index_: faiss.IndexHNSWFlat | None = None
+        self.index_: faiss.IndexHNSW | None = None
         self.rows_ = np.empty(0, np.int64)
         self.deleted_ = np.empty(0, np.bool_)
+        self.tuning_: dict | None = None
         self._live_bits: np.ndarray | None = None  # packed bitmap of live faiss ids, cached
 
     # -- building --------------------------------------------------------------------------------
@@ -279,11 +312,25 @@ class AnnIndex:
         index.add(vectors, rows, progress=progress)
         return index
 
-    def _new_faiss_index(self) -> faiss.IndexHNSWFlat:
-        index = faiss.IndexHNSWFlat(self.dim, self.config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = self.config.ef_construction
-        index.hnsw.efSearch = self.config.ef_search
+    def _new_faiss_index(self, sample: np.ndarray) -> faiss.IndexHNSW:
+        """An empty graph of ``config.codec``; a quantiser is fitted to ``sample`` first."""
+        c = self.config
+        if c.codec == "flat":
+            index = faiss.IndexHNSWFlat(self.dim, c.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        else:
+            kind = {"sq8": faiss.ScalarQuantizer.QT_8bit,
+                    "fp16": faiss.ScalarQuantizer.QT_fp16}[c.codec]
+            index = faiss.IndexHNSWSQ(self.dim, kind, c.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            take = np.linspace(0, len(sample) - 1, min(c.train_rows, len(sample))).astype(np.int64)
+            index.train(np.ascontiguousarray(sample[take], dtype=np.float32))
+        index.hnsw.efConstruction = c.ef_construction
+        index.hnsw.efSearch = c.ef_search
         return index
+
+    @property
+    def ef_search_(self) -> int:
+        """The search breadth in use: the tuned one, else ``config.ef_search``."""
+        return int(self.tuning_["ef_search"]) if self.tuning_ else self.config.ef_search
 
     def add(self, vectors: np.ndarray, rows: np.ndarray, progress: bool = True) -> None:
         """Insert ``vectors`` (``(n, d)``) as ``rows`` (``(n,)`` int64, not already live).
@@ -302,7 +349,7 @@ class AnnIndex:
             raise ValueError(f"rows already in the index: {clash[:5].tolist()}"
                              f"{' ...' if clash.size > 5 else ''}; remove them first")
         if self.index_ is None:
-            self.index_ = self._new_faiss_index()
+            self.index_ = self._new_faiss_index(vectors)
         step = self.config.add_batch
         bar = tqdm(total=len(rows), desc="HNSW add", unit="vec",
                    disable=not progress or len(rows) <= step)
@@ -339,8 +386,14 @@ class AnnIndex:
 
     # -- searching -------------------------------------------------------------------------------
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, vectors: np.ndarray | None = None,
+               ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Approximate top-``k`` by inner product.
+
+        With ``vectors`` (the collection's float32 rows, e.g. its memmap) the graph's beam of
+        ``ef_search`` candidates (default :attr:`ef_search_`) is re-ranked exactly and the
+        scores are exact inner products; without, the scores are the graph's own (approximate
+        for a compressed codec).
 
         Returns ``(scores, rows)``, both ``(Q, min(k, len(self)))``, best first. If the graph walk
         finds fewer live rows than that for a query (rare; more likely with many deletions), the
@@ -352,8 +405,10 @@ class AnnIndex:
         m = min(k, len(self))
         if m == 0 or self.index_ is None:
             return np.empty((len(q), 0), np.float32), np.empty((len(q), 0), np.int64)
+        ef = max(ef_search or self.ef_search_, m)
+        pool = min(ef, len(self)) if vectors is not None else m
         params = faiss.SearchParametersHNSW()
-        params.efSearch = max(self.config.ef_search, m)
+        params.efSearch = ef
         bits = None
         if self.deleted_.any():
             if self._live_bits is None:
@@ -362,21 +417,44 @@ class AnnIndex:
             selector = faiss.IDSelectorBitmap(bits)
             params.sel = selector
         with _faiss_threads(min(len(q), self.config.threads or os.cpu_count() or 1)):
-            scores, ids = self.index_.search(q, m, params=params)
+            scores, ids = self.index_.search(q, pool, params=params)
         del bits
         found = ids >= 0
         rows = np.where(found, self.rows_[np.where(found, ids, 0)], -1)
+        if vectors is not None:
+            scores, rows = rescore(vectors, q, rows)
+            return scores[:, :m], rows[:, :m]
         return np.where(found, scores, -np.inf).astype(np.float32), rows.astype(np.int64)
+
+    def stores(self, ids: np.ndarray, vectors: np.ndarray) -> bool:
+        """Whether the graph's entries ``ids`` (faiss ids) hold ``vectors`` (as its codec
+        stores them: equal codes for a quantised graph, equal floats for ``flat``)."""
+        stored = np.stack([self.index_.reconstruct(int(i)) for i in ids])
+        given = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.config.codec != "flat":
+            storage = faiss.downcast_index(self.index_.storage)
+            given = storage.sa_decode(storage.sa_encode(given))
+        return bool(np.allclose(stored, given, atol=1e-6))
+
+    def settings(self) -> dict:
+        """What ``sharpclip status`` shows: codec, degree, search breadth (and how it was chosen),
+        memory per vector."""
+        live = len(self)
+        return {"codec": self.config.codec, "hnsw_m": self.config.hnsw_m,
+                "ef_search": self.ef_search_, "tuning": self.tuning_, "vectors": live,
+                "bytes_per_vector": round(self.nbytes() / max(1, len(self.rows_)))}
 
     # -- persistence -----------------------------------------------------------------------------
 
     def nbytes(self) -> int:
-        """Bytes this index holds in memory: the vectors faiss stores (float32, its own copy), the
-        graph's links, offsets and levels, the row map and the deletion mask."""
+        """Bytes this index holds in memory: the vectors faiss stores (a float32 copy, or codes),
+        the graph's links, offsets and levels, the row map and the deletion mask."""
         size = self.rows_.nbytes + self.deleted_.nbytes
         if self.index_ is not None:
             hnsw = self.index_.hnsw
-            size += (self.index_.ntotal * self.dim * 4 + hnsw.neighbors.size() * 4
+            storage = faiss.downcast_index(self.index_.storage)
+            code = self.dim * 4 if self.config.codec == "flat" else storage.code_size
+            size += (self.index_.ntotal * code + hnsw.neighbors.size() * 4
                      + hnsw.offsets.size() * 8 + hnsw.levels.size() * 4)
         return int(size)
 
@@ -388,9 +466,10 @@ class AnnIndex:
         """
         path = Path(path)
         header = json.dumps({
-            "format_version": _FORMAT_VERSION, "kind": "hnsw_flat_ip", "dim": self.dim,
-            "config": asdict(self.config), "faiss_version": faiss.__version__,
-            "n": len(self.rows_), "has_index": self.index_ is not None,
+            "format_version": _FORMAT_VERSION, "kind": f"hnsw_{self.config.codec}_ip",
+            "dim": self.dim, "config": asdict(self.config), "tuning": self.tuning_,
+            "faiss_version": faiss.__version__, "n": len(self.rows_),
+            "has_index": self.index_ is not None,
         }).encode()
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
@@ -425,7 +504,10 @@ class AnnIndex:
                                  f"this sharpclip reads ({_FORMAT_VERSION}); upgrade sharpclip "
                                  "or rebuild the index")
             try:
-                index = cls(header["dim"], SearchConfig(**header["config"]))
+                codec = header["kind"].removeprefix("hnsw_").removesuffix("_ip")  # v1: flat
+                config = SearchConfig(**{**header["config"], "codec": codec})
+                index = cls(header["dim"], config)
+                index.tuning_ = header.get("tuning")
                 index.rows_ = np.load(f, allow_pickle=False)
                 index.deleted_ = np.load(f, allow_pickle=False)
                 if header["has_index"]:

@@ -1,0 +1,120 @@
+"""What a reader keeps between queries (snapshots, masks, memory maps, checksum verdicts, condition
+prompts): reused while nothing changed, and never past a change that matters."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from sharpclip.collection import Collection
+from sharpclip.query.condition import condition_prompts
+from sharpclip.store.collection import ItemUpdate
+
+
+def unit_vectors(rng, n, dim):
+    v = rng.standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def commit(coll, names, vectors):
+    with coll.writing():
+        coll.commit([ItemUpdate(f"/nowhere/{name}.png", name, 1, 1, vector_index=i)
+                     for i, name in enumerate(names)], vectors)
+
+
+def literal_topk(vectors, live_rows, query, k):
+    """The top-k live rows by a full sort of every live row's score (ties: lower row first)."""
+    scores = vectors[live_rows] @ query
+    order = np.lexsort((live_rows, -scores))[:k]
+    return live_rows[order]
+
+
+def test_exact_search_with_and_without_removed_rows_matches_a_literal_sort(tmp_path, model):
+    rng = np.random.default_rng(3)
+    coll = Collection.create(tmp_path / "c.sc", model)
+    data = unit_vectors(rng, 60, model.dim)
+    commit(coll, [str(i) for i in range(60)], data)
+    query = unit_vectors(rng, 1, model.dim)[0]
+    snap = coll.snapshot()
+    assert snap.all_live()
+    np.testing.assert_array_equal(coll.nearest(query, 7, exact=True)[1][0],
+                                  literal_topk(data, np.arange(60), query, 7))
+    best = coll.nearest(query, 3, exact=True)[1][0]
+    with coll.writing():
+        coll.remove([f"/nowhere/{row}.png" for row in best])
+    snap = coll.snapshot()
+    assert not snap.all_live() and snap.live_mask().sum() == 57
+    with pytest.raises(ValueError):
+        snap.live_mask()[0] = True  # shared by every query of the generation: read-only
+    rows = coll.nearest(query, 7, exact=True)[1][0]
+    np.testing.assert_array_equal(rows, literal_topk(data, snap.live_rows, query, 7))
+    assert not set(best) & set(rows.tolist())
+
+
+def test_one_query_sees_one_state(tmp_path, model):
+    """Inside `reading`, a commit by another process is not seen; the next query sees it."""
+    rng = np.random.default_rng(4)
+    coll = Collection.create(tmp_path / "c.sc", model)
+    commit(coll, [str(i) for i in range(10)], unit_vectors(rng, 10, model.dim))
+    with coll.reading():
+        first = coll.snapshot()
+        with Collection.open(coll.path) as other:
+            commit(other, ["late"], unit_vectors(rng, 1, model.dim))
+        assert coll.snapshot() is first and coll.read_vectors()[1].shape[0] == 10
+        assert len(coll.nearest(np.ones(model.dim, np.float32), 20, exact=True)[1][0]) == 10
+    assert coll.snapshot().generation == first.generation + 1
+    assert len(coll.nearest(np.ones(model.dim, np.float32), 20, exact=True)[1][0]) == 11
+
+
+def test_a_batch_rewritten_at_the_same_rows_is_hashed_again(tmp_path, model):
+    """A damaged batch is left out; once its rows are cut and committed again (new bytes, new
+    checksum, same start), the verdict kept for the old batch no longer applies."""
+    rng = np.random.default_rng(5)
+    coll = Collection.create(tmp_path / "c.sc", model)
+    commit(coll, ["a0", "a1", "a2", "a3"], unit_vectors(rng, 4, model.dim))
+    commit(coll, ["b0", "b1", "b2", "b3"], unit_vectors(rng, 4, model.dim))
+    with open(coll.path / "vectors" / "image.f32", "r+b") as handle:
+        handle.seek(5 * model.dim * 4)
+        handle.write(np.full(model.dim, 0.3, np.float32).tobytes())
+    np.testing.assert_array_equal(coll.intact_rows(np.arange(8)), [True] * 4 + [False] * 4)
+    with coll.writing():
+        assert coll.truncate_vector_set("image", 4, "test") == 4
+    commit(coll, ["c0", "c1", "c2", "c3"], unit_vectors(rng, 4, model.dim))
+    assert coll.item("/nowhere/c0.png").row == 4  # the same rows as the damaged batch
+    assert coll.intact_rows(np.arange(8)).all()
+    with open(coll.path / "vectors" / "image.f32", "r+b") as handle:  # the earlier batch's
+        handle.seek(1 * model.dim * 4)  # verdict carries over: hashed once per process
+        handle.write(np.full(model.dim, 0.3, np.float32).tobytes())
+    assert coll.intact_rows(np.arange(4)).all()
+    with Collection.open(coll.path) as fresh:  # a new process hashes it and leaves it out
+        np.testing.assert_array_equal(fresh.intact_rows(np.arange(8)), [False] * 4 + [True] * 4)
+
+
+def test_a_cut_vector_file_raises_even_with_a_map_kept(tmp_path, model):
+    rng = np.random.default_rng(6)
+    coll = Collection.create(tmp_path / "c.sc", model)
+    commit(coll, [str(i) for i in range(6)], unit_vectors(rng, 6, model.dim))
+    assert coll.vectors() is coll.vectors()  # one map, reused
+    with open(coll.path / "vectors" / "image.f32", "r+b") as handle:
+        handle.truncate(3 * model.dim * 4)
+    with pytest.raises(ValueError, match="check -c"):
+        coll.vectors()
+
+
+def test_condition_prompts_follow_the_vocabulary_file(tmp_path):
+    path = tmp_path / "mine.json"
+
+    def write(prompts):
+        path.write_text(json.dumps({"conditions": {"fill": {"values": ["a", "b"],
+                                                            "prompts": prompts}}}))
+
+    write(["x", "y"])
+    first = condition_prompts("fill", path)
+    assert first[0] == ["x", "y"] and condition_prompts("fill", path) is first
+    time.sleep(0.01)
+    write(["x", "y", "z"])
+    assert condition_prompts("fill", path)[0] == ["x", "y", "z"]
+    assert condition_prompts("fill", path)[1] != first[1]
