@@ -284,8 +284,12 @@ def test_one_class_only_is_a_clear_error(tmp_path):
 
 
 def _cli(*args, env=None, check=True):
-    run = subprocess.run([sys.executable, "-m", "sharpclip.cli", *args], capture_output=True, check=False,
-                         text=True, env={**os.environ, **(env or {})}, timeout=300)
+    """Run the command line; with this process's torch thread count (which decides the last bits
+    of every sum, so weights compare equal only across equal thread counts)."""
+    threads = {"OMP_NUM_THREADS": str(torch.get_num_threads())}
+    run = subprocess.run([sys.executable, "-m", "sharpclip.cli", *args], capture_output=True,
+                         check=False, text=True, env={**os.environ, **threads, **(env or {})},
+                         timeout=300)
     if check:
         assert run.returncode == 0, run.stderr
     return run

@@ -58,7 +58,8 @@ def test_resume_after_kill_ends_with_the_uninterrupted_weights(tmp_path):
               f"train_base, BaseTrainConfig; train_base(BaseTrainConfig(**{asdict(config)!r}), "
               f"Path({str(tmp_path / 'broken')!r}), progress=False)")
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, check=False,
-                         env={**os.environ, "SHARPCLIP_CRASH_AT": "finetune_checkpoint_saved:2"})
+                         env={**os.environ, "SHARPCLIP_CRASH_AT": "finetune_checkpoint_saved:2",
+                              "OMP_NUM_THREADS": str(torch.get_num_threads())})  # same sums
     assert run.returncode != 0 and (tmp_path / "broken" / ".checkpoint" / "state.pt").is_file()
     train_base(config, tmp_path / "broken", resume=True, progress=False)
     a = load_model(str(tmp_path / "whole"), device="cpu").fingerprint
