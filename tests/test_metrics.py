@@ -81,6 +81,8 @@ def test_leave_one_out_map_hand_computed():
 def test_leave_one_out_map_skips_singleton_classes():
     emb = np.eye(3)
     assert m.leave_one_out_map(emb, np.array([0, 0, 1])) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="two images"):
+        m.leave_one_out_map(emb, np.array([0, 1, 2]))
 
 
 def test_knn_accuracy_weights_votes_by_exp_similarity():
@@ -99,4 +101,4 @@ def test_knn_accuracy_weights_votes_by_exp_similarity():
             votes[labels[j]] = votes.get(labels[j], 0.0) + np.exp(scores[q, j] / 0.1)
         expected.append(max(sorted(votes), key=lambda c: votes[c]) == labels[q])
     assert m.knn_accuracy(emb, labels, k=3, temperature=0.1) == pytest.approx(np.mean(expected))
-    assert expected[0] is False or not expected[0]  # query 0 is outvoted by the close class-1 item
+    assert not expected[0]  # query 0 is outvoted by the one close class-1 item

@@ -112,6 +112,9 @@ def leave_one_out_map(embeddings: np.ndarray, labels: np.ndarray) -> float:
     relevant = labels[:, None] == labels[None, :]
     np.fill_diagonal(relevant, False)
     queries = relevant.any(axis=1)
+    if not queries.any():
+        raise ValueError("no class has two images: image-to-image mAP needs at least two images "
+                         "in some class")
     return mean_average_precision(scores[queries], relevant[queries])
 
 
