@@ -658,8 +658,10 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
-        print(f"sharpclip {args.command}: interrupted; committed batches are kept, "
-              "run the command again to go on", file=sys.stderr)
+        kept = ("the last training checkpoint is kept: run the same command with --resume"
+                if args.command in ("finetune", "train") else
+                "committed batches are kept, run the command again to go on")
+        print(f"sharpclip {args.command}: interrupted; {kept}", file=sys.stderr)
         return 130
     except Exception as error:  # the one place that turns any error into a line
         if os.environ.get("SHARPCLIP_DEBUG"):
