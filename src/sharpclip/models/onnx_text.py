@@ -3,8 +3,8 @@ torch nor transformers (their import costs ~4.4 CPU-seconds per CLI process).
 
 The copy lives in the collection's ``cache/`` as ``text-<fingerprint>.onnx``, the checkpoint's
 ``tokenizer.json`` beside it, and a JSON sidecar holding both files' SHA-256, the model type, the
-width and the tokenizer settings (so a hub checkpoint need not be resolved). It is written only after
-the exported graph and the ``tokenizers``-library tokenisation were checked equal to the torch
+width and the tokenizer settings (so a hub checkpoint need not be resolved). It is written only
+after the exported graph and the ``tokenizers``-library tokenisation were checked equal to the torch
 path on probe texts, so a checkpoint whose tokenizer cannot be reproduced gets no copy (and keeps
 the torch path). A missing, damaged or stale copy, or no onnxruntime, gives ``None``: the caller
 falls back to torch.
@@ -151,10 +151,8 @@ def write_copy(model, cache_dir: Path) -> bool:
                                     for f in (onnx_file, tokenizer_file, meta_file))
     try:
         tokens = model.tokenize(list(PROBES))
-        inputs = (tokens["input_ids"],)
-        names = ["input_ids"]
-        if model.model_type == "clip":
-            inputs, names = (tokens["input_ids"], tokens["attention_mask"]), names + ["attention_mask"]
+        names = ["input_ids", "attention_mask"] if model.model_type == "clip" else ["input_ids"]
+        inputs = tuple(tokens[n] for n in names)  # SigLIP is trained without an attention mask
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer notes on shape checks, fixed per export
             torch.onnx.export(_TextTower(model), inputs, str(tmp), input_names=names,
@@ -168,7 +166,8 @@ def write_copy(model, cache_dir: Path) -> bool:
                              model.model_type, model.dim, model.fingerprint)
         mine = copy.tokenize(list(PROBES))
         same_tokens = all(np.array_equal(mine[n], tokens[n].numpy()) for n in names)
-        gap = float(np.abs(copy.encode_texts(list(PROBES)) - model.encode_texts(list(PROBES))).max())
+        got, want = copy.encode_texts(list(PROBES)), model.encode_texts(list(PROBES))
+        gap = float(np.abs(got - want).max())
         if not same_tokens or gap > TOLERANCE:
             logger.info("no ONNX text copy for %s: tokens equal %s, max gap %.2e",
                         model.name, same_tokens, gap)
