@@ -146,10 +146,10 @@ def write_copy(model, cache_dir: Path) -> bool:
     if settings is None:
         return False
     onnx_file, tokenizer_file, meta_file = copy_paths(cache_dir, model.fingerprint)
-    cache_dir.mkdir(parents=True, exist_ok=True)
     tmp, tokenizer_tmp, meta_tmp = (f.with_name(f".{f.name}.{os.getpid()}.tmp")
                                     for f in (onnx_file, tokenizer_file, meta_file))
     try:
+        cache_dir.mkdir(parents=True, exist_ok=True)  # a read-only collection: no copy
         tokens = model.tokenize(list(PROBES))
         names = ["input_ids", "attention_mask"] if model.model_type == "clip" else ["input_ids"]
         inputs = tuple(tokens[n] for n in names)  # SigLIP is trained without an attention mask
