@@ -120,3 +120,13 @@ def test_cli_fast_search_does_not_import_torch(collection, capsys):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
                          check=True).stdout.splitlines()
     assert len(out) == 4 and out[-1] == "False False"
+
+
+def test_tokenizer_that_differs_gets_no_copy(model, tmp_path, monkeypatch):
+    from sharpclip.models import onnx_text
+
+    settings = onnx_text._tokenizer_settings(model)
+    monkeypatch.setattr(onnx_text, "_tokenizer_settings",
+                        lambda m: {**settings, "max_length": settings["max_length"] - 4})
+    assert not write_copy(model, tmp_path)  # the long probe truncates differently
+    assert list(tmp_path.iterdir()) == []
