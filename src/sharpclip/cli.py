@@ -386,12 +386,19 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if args.captions is not None and not args.calibrate:
         raise UsageError("--captions is for --calibrate")
     steer = None if args.steer is None else (True if args.steer == "" else args.steer)
-    with Collection.open(args.collection, args.model) as coll:
+    plain_text = (args.text is not None and args.model is None and args.condition is None
+                  and not (args.rerank or args.steer is not None or args.calibrate))
+    copy = _onnx_text_model(args.collection) if plain_text else None
+    with Collection.open(args.collection, copy or args.model) as coll:
         result = coll.search(text=args.text, image=args.image, like=args.like, k=args.k,
                              exact=args.exact or None, condition=args.condition,
                              concepts=args.concepts, rerank=args.rerank, steer=steer,
                              shortlist=args.shortlist, calibrate=args.calibrate or None,
                              captions=args.captions)
+        if plain_text and copy is None:  # the torch path ran: store the fast copy for next time
+            from sharpclip.models.onnx_text import write_copy
+
+            write_copy(coll.model, coll.path / "cache")
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
         return 0
@@ -403,6 +410,18 @@ def _cmd_search(args: argparse.Namespace) -> int:
             for line in _why_lines(hit.why):
                 print(f"{'':13s}{line}")
     return 0
+
+
+def _onnx_text_model(path: str):
+    """The collection's ONNX text-tower copy (no torch import), or None: then torch serves."""
+    from sharpclip.models.onnx_text import load_copy
+    from sharpclip.store.collection import Collection, CollectionError
+
+    try:
+        with Collection.open(path) as coll:
+            return load_copy(coll.path / "cache", coll.info.fingerprint)
+    except CollectionError:  # the torch path's open says what is wrong
+        return None
 
 
 def _query_notes(query: dict) -> list[str]:

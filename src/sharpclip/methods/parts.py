@@ -34,7 +34,6 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 SEPARATORS: tuple[str, ...] = (
     "and", ",", ";", "with", "next to", "left of", "right of", "above", "below", "beside",
@@ -138,6 +137,8 @@ def _assign(cos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     assignment = np.full(cos.shape[0], -1, dtype=np.int64)
     cosines = np.zeros(cos.shape[0], dtype=np.float64)
     if cos.size:
+        from scipy.optimize import linear_sum_assignment  # lazy: 0.3 CPU-s a CLI search skips
+
         # Padding to square with a constant cost adds the same total to every complete matching,
         # so the rectangular problem has the same optimum.
         rows, cols = linear_sum_assignment(1.0 - cos)
@@ -262,6 +263,8 @@ def rerank_parts(
     assignment = np.full((k, p), -1, dtype=np.int64)
     cosines = np.zeros((k, p), dtype=np.float64)
     cost_all = 1.0 - cos_all
+    from scipy.optimize import linear_sum_assignment
+
     for c in np.flatnonzero(counts).tolist():
         lo, hi = starts[c], starts[c + 1]
         rows, cols = linear_sum_assignment(cost_all[:, lo:hi])  # see _assign on the padding
