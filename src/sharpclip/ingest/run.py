@@ -101,8 +101,6 @@ def _under(path: str, roots: list[str]) -> bool:
 def index_paths(coll: Collection, paths: Iterable[str | os.PathLike],
                 config: IndexConfig = IndexConfig()) -> IndexReport:
     """Bring ``coll`` up to date with the image files under ``paths``; returns what changed."""
-    from tqdm import tqdm
-
     start = time.perf_counter()
     roots = [path_key(p) for p in paths]
     unlistable: list[tuple[str, str]] = []
@@ -139,40 +137,52 @@ def index_paths(coll: Collection, paths: Iterable[str | os.PathLike],
         everything = tuple(stage.name for stage in stages)
         jobs = [Job(path, everything) for path in todo]
         jobs += [Job(path, names) for path, names in completing.items()]
-        model = coll.model
-        draft = max(model.preprocess.crop_hw) if config.draft else None
-        bar = tqdm(total=len(jobs), unit="img", desc="indexing", disable=not config.progress,
-                   dynamic_ncols=True, smoothing=0.1)
-        batch: list[Decoded] = []
-        stream = decoded_stream(jobs, model.preprocess, stages, config.workers, config.prefetch,
-                                config.max_pixels, draft)
-        for decoded in stream:
-            batch.append(decoded)
-            if sum(bool(d.pixels) for d in batch) >= config.batch_size:
-                commit_batch(coll, model, stages, batch, known, report)
-                bar.update(len(batch))
-                batch = []
-        if batch:
-            commit_batch(coll, model, stages, batch, known, report)
-            bar.update(len(batch))
-        bar.close()
+        embed_jobs(coll, stages, jobs, config, known, report, "indexing")
         coll.sync_index(progress=config.progress, recall=config.recall)
     report.seconds = time.perf_counter() - start
     return report
 
 
+def embed_jobs(coll: Collection, stages: tuple, jobs: list[Job], config: IndexConfig,
+               known: dict, report: IndexReport, description: str) -> None:
+    """Decode ``jobs`` (in workers, ahead of the model), embed and commit them batch by batch
+    with a progress bar; ``known`` maps paths to the items already stored for them."""
+    from tqdm import tqdm
+
+    model = coll.model
+    draft = max(model.preprocess.crop_hw) if config.draft else None
+    bar = tqdm(total=len(jobs), unit="img", desc=description, disable=not config.progress,
+               dynamic_ncols=True, smoothing=0.1)
+    batch: list[Decoded] = []
+    stream = decoded_stream(jobs, model.preprocess, stages, config.workers, config.prefetch,
+                            config.max_pixels, draft)
+    for decoded in stream:
+        batch.append(decoded)
+        if sum(bool(d.pixels) for d in batch) >= config.batch_size:
+            commit_batch(coll, model, stages, batch, known, report)
+            bar.update(len(batch))
+            batch = []
+    if batch:
+        commit_batch(coll, model, stages, batch, known, report)
+        bar.update(len(batch))
+    bar.close()
+
+
+def stored_stage_settings(coll: Collection) -> tuple[RegionGrid | None, CVEConfig | None]:
+    """The region grid and the calibration of the vector sets ``coll`` holds (None: not held)."""
+    regions, calibrated = coll.vector_set(REGIONS_SET), coll.vector_set(CALIBRATED_SET)
+    grid = RegionGrid(regions.params["grid"]) if regions is not None else None
+    cve = CVEConfig(**{k: v for k, v in calibrated.params.items() if k != "method"}) \
+        if calibrated is not None else None
+    return grid, cve
+
+
 def configured_stages(coll: Collection, config: IndexConfig) -> tuple:
     """The run's stages: those asked for, and every set the collection already holds (so that a
     collection with regions or calibrated vectors keeps them complete for new files)."""
-    stored = coll.vector_set(REGIONS_SET)
-    grid = config.regions
-    if stored is not None and grid is None:
-        grid = RegionGrid(stored.params["grid"])
-    calibrated = coll.vector_set(CALIBRATED_SET)
-    cve = config.calibrate
-    if calibrated is not None and cve is None:
-        cve = CVEConfig(**{k: v for k, v in calibrated.params.items() if k != "method"})
-    stages = stages_for(grid, cve)
+    stored_grid, stored_cve = stored_stage_settings(coll)
+    grid = stored_grid if config.regions is None else config.regions
+    stages = stages_for(grid, stored_cve if config.calibrate is None else config.calibrate)
     for stage in stages:
         if stage.name != IMAGE_SET:
             coll.add_vector_set(stage.name, coll.info.dim, stage.params())
