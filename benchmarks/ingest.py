@@ -3,10 +3,20 @@
 For each model (the bundled one and a ViT-B/32-sized CLIP built from config with random weights:
 speed does not depend on weight values) and each worker count, in one run on the same images:
 indexing images/s end to end (fresh collection: hash, decode, preprocess, embed, commit) divided by
-model-only forward images/s (preprocessed tensors already in memory, same batch size). Also the
-model's achieved FLOP/s beside a float32 matmul's FLOP/s measured in the same run.
+model-only forward images/s (preprocessed tensors already in memory, same batch size; the mean
+of one pass just before and one just after the ingest run, so that a change in the machine's
+load weighs on both sides of the ratio). Also the
+model's achieved FLOP/s beside a float32 matmul's FLOP/s measured in the same run, and where the
+ingest run's wall time went (``IndexReport.timings``): the model waiting for decoded images
+(worker start-up included), the model embedding, the store committing, and the rest (listing
+files, the final index sync, opening the collection).
 
-Run: .venv/bin/python benchmarks/ingest.py [--n 256] [--batch-size 32] [--workers 0 1 2]
+torch is imported inside functions only: decode workers are spawned, and a spawned process
+re-imports this script, so a top-level ``import torch`` would cost every worker 1.5 CPU-seconds
+that the CLI's workers never pay.
+
+Run: .venv/bin/python benchmarks/ingest.py [--n 256] [--batch-size 32] [--workers auto 0 1 2]
+     [--fast-decode]
 """
 
 from __future__ import annotations
@@ -21,7 +31,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from sharpclip.collection import Collection
@@ -50,6 +59,7 @@ def write_photos(folder: Path, n: int, size: tuple[int, int] = (640, 480)) -> li
 
 def vit_b32(folder: Path) -> Path:
     """A randomly initialised CLIP with ViT-B/32's shapes (224 px, patch 32, width 768, 12 layers)."""
+    import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     from sharpclip.models.loader import BUNDLED_DIR
@@ -74,6 +84,8 @@ def vision_flops(config) -> float:
 
 
 def matmul_flops(n: int = 3072) -> float:
+    import torch
+
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
     start = time.perf_counter()
@@ -92,22 +104,28 @@ def forward_rate(model, paths: list[Path], batch: int) -> float:
     return len(pixels) / (time.perf_counter() - start)
 
 
-def ingest_rate(model, folder: Path, workers: int, batch: int, draft: bool) -> float:
+def ingest_run(model, folder: Path, workers: int, batch: int, draft: bool):
+    """The report of indexing ``folder`` into a fresh collection."""
     with tempfile.TemporaryDirectory() as tmp:
         coll = Collection.create(Path(tmp) / "c.sc", model)
         config = IndexConfig(workers=workers, batch_size=batch, draft=draft, progress=False)
         report = coll.add([folder], config=config)
         coll.close()
-    return report.new / report.seconds
+    return report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=256, help="JPEG files (640x480)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--workers", nargs="+", default=["auto", 0, 1, 2],
+                        type=lambda w: w if w == "auto" else int(w))
     parser.add_argument("--models", nargs="+", default=["bundled", "vit-b32"])
+    parser.add_argument("--fast-decode", action="store_true",
+                        help="also measure JPEG draft decoding (index --fast-decode)")
     args = parser.parse_args()
+    import torch
+
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "photos"
         write_photos(folder, args.n)
@@ -116,19 +134,26 @@ def main() -> None:
               f"{torch.__version__}, {torch.get_num_threads()} threads; {args.n} JPEGs 640x480, "
               f"batch {args.batch_size}; 3072^2 fp32 matmul {peak / 1e9:.1f} GFLOP/s")
         print("| model | workers | fast decode | ingest img/s | forward img/s | ratio | "
-              "model GFLOP/s | / matmul |")
-        print("|---|---|---|---|---|---|---|---|")
+              "model GFLOP/s | / matmul | wait s | embed s | commit s | rest s |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for name in args.models:
             spec = str(vit_b32(Path(tmp) / "vit-b32")) if name == "vit-b32" else name
             model = load_model(spec)
             flops = vision_flops(model.model.config)
             for workers in args.workers:
-                for draft in (False, True):
-                    forward = forward_rate(model, sorted(folder.glob("*.jpg")), args.batch_size)
-                    ingest = ingest_rate(model, folder, workers, args.batch_size, draft)
-                    print(f"| {name} | {workers} | {'yes' if draft else 'no'} | {ingest:.0f} | "
+                for draft in (False, True) if args.fast_decode else (False,):
+                    photos = sorted(folder.glob("*.jpg"))
+                    before = forward_rate(model, photos, args.batch_size)
+                    report = ingest_run(model, folder, workers, args.batch_size, draft)
+                    forward = (before + forward_rate(model, photos, args.batch_size)) / 2
+                    ingest = report.new / report.seconds
+                    t = report.timings
+                    rest = report.seconds - t["wait"] - t["embed"] - t["commit"]
+                    used = f"auto ({report.workers})" if workers == "auto" else workers
+                    print(f"| {name} | {used} | {'yes' if draft else 'no'} | {ingest:.0f} | "
                           f"{forward:.0f} | {ingest / forward:.2f} | {forward * flops / 1e9:.1f} | "
-                          f"{forward * flops / peak:.2f} |", flush=True)
+                          f"{forward * flops / peak:.2f} | {t['wait']:.2f} | {t['embed']:.2f} | "
+                          f"{t['commit']:.2f} | {rest:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -147,6 +147,59 @@ def test_worker_processes_give_identical_vectors(tmp_path, model):
         np.testing.assert_array_equal(stored_vector(inline, p), stored_vector(pooled, p))
 
 
+def test_auto_workers_sizes_the_pool_from_the_first_batch(tmp_path, model):
+    import torch
+
+    paths = write_scenes(tmp_path / "in", 11, seed=7)
+    inline = Collection.create(tmp_path / "a.sc", model)
+    inline.add([tmp_path / "in"], config=INLINE)
+    threads = torch.get_num_threads()
+    auto = Collection.create(tmp_path / "b.sc", model)
+    report = auto.add([tmp_path / "in"], config=IndexConfig(batch_size=4, progress=False))
+    assert IndexConfig().workers == "auto"
+    assert report.new == 11 and report.workers >= 1  # 4 files probed inline, 7 by the pool
+    assert torch.get_num_threads() == threads  # decoding in this process left torch's threads be
+    for p in paths:
+        np.testing.assert_array_equal(stored_vector(inline, p), stored_vector(auto, p))
+    few = Collection.create(tmp_path / "c.sc", model)
+    report = few.add([paths[0], paths[1]], config=IndexConfig(batch_size=4, progress=False))
+    assert report.new == 2 and report.workers == 0  # one batch or less: no pool is started
+
+
+@pytest.mark.parametrize(("decode_s", "embed_s", "cores", "expected"), [
+    (0.16, 1.9, 2, 1),    # a ViT-B/32 on 2 cores: decoding is 8% of the model's time
+    (0.16, 0.02, 2, 2),   # a tiny model: decode-bound, as many as there are cores
+    (0.16, 0.05, 16, 4),  # 3.2 rounded up
+    (0.16, 0.0, 4, 4),
+    (5.0, 0.01, 64, 16),  # never more than MAX_AUTO_WORKERS
+    (0.0, 1.0, 8, 1),
+])
+def test_auto_workers_rule(decode_s, embed_s, cores, expected):
+    from sharpclip.ingest.run import auto_workers
+
+    assert auto_workers(decode_s, embed_s, cores) == expected
+
+
+def test_decode_workers_never_import_torch():
+    """A decode worker's imports: the module it runs and its set-up (torch costs 1.5 CPU-s)."""
+    code = ("import sys; from sharpclip.ingest.decode import init_worker; "
+            "from sharpclip.ingest.stages import stages_for; "
+            "from sharpclip.models.preprocess import ImagePreprocessor; "
+            "init_worker(ImagePreprocessor.from_config({'crop_size': 224}), stages_for(None), "
+            "10**8, None); print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_index_workers_option_errors_in_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "sharpclip.cli", "index", str(tmp_path), "-c",
+                          str(tmp_path / "c"), "--workers", "many"], capture_output=True,
+                         text=True, check=False)
+    assert out.returncode == 2
+    assert "'many': give auto or a whole number >= 0" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_model_mismatch_is_refused(tmp_path, model):
     Collection.create(tmp_path / "c.sc", model).close()
     tiny = save_tiny_clip(tmp_path / "tiny")

@@ -42,6 +42,16 @@ def display(path: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in path)
 
 
+def _workers(text: str) -> int | str:
+    """``auto`` or a whole number >= 0 (decode processes)."""
+    if text == "auto":
+        return text
+    try:
+        return _count(0)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give auto or a whole number >= 0") from None
+
+
 def _count(low: int):
     def parse(text: str) -> int:
         try:
@@ -480,8 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--collection", required=True, help="collection directory (created if new)")
     p.add_argument("--model", default=None,
                    help="bundled (default for a new collection), a local HF directory or a hub id")
-    p.add_argument("--workers", type=_count(0), default=1,
-                   help="decoding processes (0: decode inline)")
+    p.add_argument("--workers", type=_workers, default="auto",
+                   help="decoding processes (0: decode inline; auto, the default: as many as keep "
+                   "the model fed, measured on the first batch)")
     p.add_argument("--batch-size", type=_count(1), default=32,
                    help="images per model forward and commit")
     p.add_argument("--max-pixels", type=_count(1), default=None,
@@ -541,7 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--collection", required=True, help="collection directory")
     p.add_argument("--repair", action="store_true",
                    help="re-embed lost or damaged vectors, delete damaged caches, rebuild the index")
-    p.add_argument("--workers", type=_count(0), default=1, help="decoding processes for --repair")
+    p.add_argument("--workers", type=_workers, default="auto",
+                   help="decoding processes for --repair (default auto)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=_cmd_check)
 
@@ -657,7 +669,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="the new model: a local HF directory, a hub id "
                    "or bundled")
     p.add_argument("--out", required=True, help="the new collection's directory")
-    p.add_argument("--workers", type=_count(0), default=1, help="decoding processes")
+    p.add_argument("--workers", type=_workers, default="auto",
+                   help="decoding processes (default auto: as many as keep the model fed)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_reindex)
     return parser

@@ -29,13 +29,13 @@ from sharpclip.store.collection import (
 )
 
 
-def _source_config(source: Collection, workers: int, progress: bool) -> IndexConfig:
+def _source_config(source: Collection, workers: int | str, progress: bool) -> IndexConfig:
     """The IndexConfig that rebuilds every vector set ``source`` holds."""
     grid, cve = stored_stage_settings(source)
     return IndexConfig(workers=workers, progress=progress, regions=grid, calibrate=cve)
 
 
-def reindex(source: Collection, out: str | os.PathLike, model, workers: int = 1,
+def reindex(source: Collection, out: str | os.PathLike, model, workers: int | str = "auto",
             progress: bool = True) -> IndexReport:
     """Create the collection ``out`` for ``model`` (loaded, or a spec the source's class loads)
     and fill it with ``source``'s items embedded by that model; returns what was done."""

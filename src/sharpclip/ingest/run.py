@@ -11,6 +11,7 @@ no search ever has to build it.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Iterable
@@ -35,6 +36,8 @@ from sharpclip.store.collection import (
     ItemUpdate,
 )
 
+AUTO_WORKERS = "auto"
+MAX_AUTO_WORKERS = 16
 BUNDLED_PHOTO_SIDE = 128  # images larger than this are not Shapes scenes (the bundled model's)
 BUNDLED_NOTE = (
     "note: the bundled model was trained only on the Shapes benchmark (64-pixel synthetic scenes) "
@@ -45,12 +48,14 @@ BUNDLED_NOTE = (
 
 @dataclass(frozen=True)
 class IndexConfig:
-    """How to index. ``workers`` 0 decodes in this process; ``draft`` decodes JPEGs at reduced scale
+    """How to index. ``workers`` 0 decodes in this process, ``"auto"`` (the default) decodes the
+    first batch in this process and sizes the pool from it (:func:`auto_workers`); ``draft``
+    decodes JPEGs at reduced scale
     (faster, but no longer pixel-identical to the checkpoint's own processor); ``regions`` adds
     the region crops of that grid as the ``regions`` vector set, ``calibrate`` CVE's calibrated
     embedding as the ``calibrated`` set (each kept for new files after)."""
 
-    workers: int = 1
+    workers: int | str = AUTO_WORKERS
     batch_size: int = 32
     max_pixels: int = DEFAULT_MAX_PIXELS
     draft: bool = False
@@ -63,6 +68,8 @@ class IndexConfig:
     def __post_init__(self) -> None:
         for name, low in (("workers", 0), ("batch_size", 1), ("max_pixels", 1), ("prefetch", 1)):
             value = getattr(self, name)
+            if name == "workers" and value == AUTO_WORKERS:
+                continue
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if self.recall is not None and not 0.0 < self.recall <= 1.0:
@@ -84,6 +91,10 @@ class IndexReport:
     completed: int = 0  # stored items given the vector sets they lacked (e.g. --regions)
     failures: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # repairs made, advice: one line each
+    # where the embedding loop's wall time went, in seconds: "wait" (the model waiting for
+    # decoded images, worker start-up included), "embed" (the model), "commit" (the store)
+    timings: dict[str, float] = field(default_factory=dict)
+    workers: int | None = None  # the decode processes used (chosen, for workers="auto")
 
     def summary(self) -> str:
         """One line for the end of a run."""
@@ -146,26 +157,67 @@ def index_paths(coll: Collection, paths: Iterable[str | os.PathLike],
 def embed_jobs(coll: Collection, stages: tuple, jobs: list[Job], config: IndexConfig,
                known: dict, report: IndexReport, description: str) -> None:
     """Decode ``jobs`` (in workers, ahead of the model), embed and commit them batch by batch
-    with a progress bar; ``known`` maps paths to the items already stored for them."""
+    with a progress bar; ``known`` maps paths to the items already stored for them. With
+    ``workers="auto"`` the first batch is decoded here, timed against the model, and the rest
+    decoded by as many workers as keep the model fed (:func:`auto_workers`)."""
     from tqdm import tqdm
 
-    model = coll.model
-    draft = max(model.preprocess.crop_hw) if config.draft else None
     bar = tqdm(total=len(jobs), unit="img", desc=description, disable=not config.progress,
                dynamic_ncols=True, smoothing=0.1)
+    for key in ("wait", "embed", "commit"):
+        report.timings.setdefault(key, 0.0)
+    workers = config.workers
+    if workers == AUTO_WORKERS:
+        probe, jobs = jobs[:config.batch_size], jobs[config.batch_size:]
+        before = dict(report.timings)
+        _embed_stream(coll, stages, probe, 0, config, known, report, bar)
+        decode_s = report.timings["wait"] - before["wait"]
+        embed_s = report.timings["embed"] - before["embed"]
+        workers = auto_workers(decode_s, embed_s, _cores()) if jobs else 0
+    report.workers = workers
+    _embed_stream(coll, stages, jobs, workers, config, known, report, bar)
+    bar.close()
+
+
+def auto_workers(decode_s: float, embed_s: float, cores: int) -> int:
+    """Decode processes that keep the model fed: the decode time of a batch over the model's time
+    for it, rounded up, between 1 and ``min(cores, MAX_AUTO_WORKERS)``. Workers beyond the need
+    only wait (decoding runs at most ``prefetch`` files ahead), so rounding up costs their
+    start-up alone."""
+    most = max(1, min(cores, MAX_AUTO_WORKERS))
+    if embed_s <= 0:
+        return most
+    return max(1, min(most, math.ceil(decode_s / embed_s)))
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _embed_stream(coll: Collection, stages: tuple, jobs: list[Job], workers: int,
+                  config: IndexConfig, known: dict, report: IndexReport, bar) -> None:
+    """Decode ``jobs`` with ``workers`` processes, embed and commit them batch by batch; the time
+    the model waited for decoded images goes to ``report.timings["wait"]``."""
+    model = coll.model
+    draft = max(model.preprocess.crop_hw) if config.draft else None
     batch: list[Decoded] = []
-    stream = decoded_stream(jobs, model.preprocess, stages, config.workers, config.prefetch,
+    stream = decoded_stream(jobs, model.preprocess, stages, workers, config.prefetch,
                             config.max_pixels, draft)
+    clock = time.perf_counter()
     for decoded in stream:
+        report.timings["wait"] += time.perf_counter() - clock
         batch.append(decoded)
         if sum(bool(d.pixels) for d in batch) >= config.batch_size:
             commit_batch(coll, model, stages, batch, known, report)
             bar.update(len(batch))
             batch = []
+        clock = time.perf_counter()
     if batch:
         commit_batch(coll, model, stages, batch, known, report)
         bar.update(len(batch))
-    bar.close()
 
 
 def stored_stage_settings(coll: Collection) -> tuple[RegionGrid | None, CVEConfig | None]:
@@ -282,8 +334,12 @@ def commit_batch(coll: Collection, model, stages: tuple, batch: list[Decoded], k
             report.new += 1
         else:
             report.changed += 1
+    clock = time.perf_counter()
     vectors = embed(model, {stage.name: stage for stage in stages}, arrays)
+    embedded = time.perf_counter()
     coll.commit(updates, vectors)
+    report.timings["embed"] = report.timings.get("embed", 0.0) + embedded - clock
+    report.timings["commit"] = report.timings.get("commit", 0.0) + time.perf_counter() - embedded
     report.embedded += counts.get(IMAGE_SET, 0)
     photo = any(max(d.width or 0, d.height or 0) > BUNDLED_PHOTO_SIDE for d in batch)
     if photo and coll.info.model == "bundled" and BUNDLED_NOTE not in report.notes:
