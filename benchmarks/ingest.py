@@ -35,7 +35,7 @@ from PIL import Image
 
 from sharpclip.collection import Collection
 from sharpclip.ingest import IndexConfig
-from sharpclip.models import load_model
+from sharpclip.models import ImagePreprocessor, load_model
 
 
 def write_photos(folder: Path, n: int, size: tuple[int, int] = (640, 480)) -> list[Path]:
@@ -104,6 +104,33 @@ def forward_rate(model, paths: list[Path], batch: int) -> float:
     return len(pixels) / (time.perf_counter() - start)
 
 
+def decode_profile(paths: list[Path], preprocess, repeats: int = 3) -> list[tuple[str, float]]:
+    """Milliseconds per image of each step a decode worker runs for a 224-pixel CLIP processor
+    (best of ``repeats`` passes over ``paths``, one core), and of sending its float32 pixels back
+    (a pickle round trip)."""
+    import pickle
+
+    from sharpclip.data import imagefiles
+
+    def best(step, inputs) -> tuple[float, list]:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            outputs = [step(x) for x in inputs]
+            times.append(time.perf_counter() - start)
+        return 1e3 * min(times) / len(inputs), outputs
+
+    hash_ms, _ = best(imagefiles.content_hash, paths)
+    decode_ms, images = best(imagefiles.load_rgb, paths)
+    resize_ms, _ = best(preprocess._resize, images)
+    preprocess_ms, pixels = best(preprocess, images)  # resize, crop, normalise
+    send_ms, _ = best(lambda a: pickle.loads(pickle.dumps(a, protocol=5)), pixels)
+    normalise_ms = preprocess_ms - resize_ms
+    return [("hash (SHA-256 of the file)", hash_ms), ("decode (JPEG -> RGB)", decode_ms),
+            ("resize (bicubic, shortest edge)", resize_ms), ("crop + normalise (preprocess - resize)", normalise_ms),
+            ("pickle round trip (float32 pixels)", send_ms)]
+
+
 def ingest_run(model, folder: Path, workers: int, batch: int, draft: bool):
     """The report of indexing ``folder`` into a fresh collection."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -136,13 +163,19 @@ def main() -> None:
         print("| model | workers | fast decode | ingest img/s | forward img/s | ratio | "
               "model GFLOP/s | / matmul | wait s | embed s | commit s | rest s |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        photos = sorted(folder.glob("*.jpg"))
+        steps = decode_profile(photos[:64], ImagePreprocessor.from_config(
+            {"size": {"shortest_edge": 224}, "crop_size": 224}))
+        print("| decode worker step (64 images, best of 3, one core) | ms/image |\n|---|---|")
+        for step, ms in steps:
+            print(f"| {step} | {ms:.2f} |")
+        print(f"| total | {sum(ms for _, ms in steps):.2f} |\n", flush=True)
         for name in args.models:
             spec = str(vit_b32(Path(tmp) / "vit-b32")) if name == "vit-b32" else name
             model = load_model(spec)
             flops = vision_flops(model.model.config)
             for workers in args.workers:
                 for draft in (False, True) if args.fast_decode else (False,):
-                    photos = sorted(folder.glob("*.jpg"))
                     before = forward_rate(model, photos, args.batch_size)
                     report = ingest_run(model, folder, workers, args.batch_size, draft)
                     forward = (before + forward_rate(model, photos, args.batch_size)) / 2

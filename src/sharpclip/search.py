@@ -156,7 +156,7 @@ def _search(coll, text, image, like, k, exact, condition, concepts, rerank, stee
     described.update(result.details)
     if plan.rerank is not None and gallery.computed_on_demand:
         described["regions_computed"] = gallery.computed_on_demand
-    paths = {i.id: i.path for i in coll.items_by_id(result.ids.tolist())}
+    paths = coll.paths_by_id(result.ids.tolist())
     hits = [Hit(paths[int(i)], float(s), int(i), w)
             for i, s, w in zip(result.ids, result.scores, result.why) if int(i) in paths]
     return SearchResult(hits, {**described, "k": k}, result.timing_ms)

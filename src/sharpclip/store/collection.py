@@ -346,9 +346,16 @@ class Collection:
         return [Item(*row) for row in rows]
 
     def item(self, path: str | os.PathLike) -> Item | None:
-        """The item stored for ``path`` (as :func:`~sharpclip.data.imagefiles.path_key` names it)."""
-        row = self._db.execute(f"SELECT {_ITEM_COLUMNS} FROM items WHERE path = ?",
-                               (path_key(path),)).fetchone()
+        """The item stored for ``path`` (as :func:`~sharpclip.data.imagefiles.path_key` names it).
+        A path given exactly as it is stored (absolute, normalised: a stored key is resolved
+        already) is found without resolving it again (a ``realpath``, 0.2 ms of a query)."""
+        given = os.fspath(path)
+        query = f"SELECT {_ITEM_COLUMNS} FROM items WHERE path = ?"
+        row = None
+        if os.path.isabs(given) and os.path.normpath(given) == given:
+            row = self._db.execute(query, (given,)).fetchone()
+        if row is None:
+            row = self._db.execute(query, (path_key(path),)).fetchone()
         return Item(*row) if row else None
 
     def items_by_id(self, item_ids: Sequence[int]) -> list[Item]:
@@ -360,6 +367,16 @@ class Collection:
             out += [Item(*row) for row in self._db.execute(
                 f"SELECT {_ITEM_COLUMNS} FROM items WHERE id IN ({','.join('?' * len(chunk))})",
                 chunk)]
+        return out
+
+    def paths_by_id(self, item_ids: Sequence[int]) -> dict[int, str]:
+        """``{id: path}`` of the items with these ids (those that exist)."""
+        ids = [int(i) for i in item_ids]
+        out: dict[int, str] = {}
+        for at in range(0, len(ids), 500):
+            chunk = ids[at:at + 500]
+            out.update(self._db.execute(
+                f"SELECT id, path FROM items WHERE id IN ({','.join('?' * len(chunk))})", chunk))
         return out
 
     def counts(self) -> dict[str, int]:
