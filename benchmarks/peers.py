@@ -22,6 +22,7 @@ the bytes the engine needs on disk to answer (for sharpclip the vector file plus
 per vector.
 
 Run: python benchmarks/peers.py [--n 250000] [--dim 512] [--queries 200] [--engines ...]
+     [--breadths 16 24 ...]
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def sharpclip_ann(x, file, work, args):
     build = time.perf_counter() - start
     index.config = SearchConfig(**{**config.__dict__, "threads": 1})  # queries on one thread
     index.save(work / "sharpclip.faiss")
-    breadths = sorted({*BREADTHS, tuning["ef_search"]})
+    breadths = sorted({*args.breadths, tuning["ef_search"]})
     return Engine("sharpclip HNSW sq8 + exact re-rank",
                   lambda q, k, ef: index.search(q, k, vectors=x, ef_search=ef)[1][0], breadths,
                   label=lambda ef: f"efSearch={ef}" + (" (tuned)" if ef == tuning["ef_search"]
@@ -152,7 +153,7 @@ def hnswlib_index(x, file, work, args):
     def search(q, k, ef):
         index.set_ef(max(ef, k))
         return index.knn_query(q, k=k)[0][0].astype(np.int64)
-    return Engine("hnswlib", search, list(BREADTHS), label=lambda ef: f"ef={ef}", build_s=build,
+    return Engine("hnswlib", search, list(args.breadths), label=lambda ef: f"ef={ef}", build_s=build,
                   keep=[index], disk_bytes=(work / "hnswlib.bin").stat().st_size)
 
 
@@ -170,7 +171,7 @@ def usearch_maker(dtype):
         def search(q, k, ef):
             index.expansion_search = max(ef, k)
             return np.asarray(index.search(q, k, threads=1).keys, dtype=np.int64)
-        return Engine(f"usearch {dtype}", search, list(BREADTHS), label=lambda ef: f"ef={ef}",
+        return Engine(f"usearch {dtype}", search, list(args.breadths), label=lambda ef: f"ef={ef}",
                       build_s=build, keep=[index],
                       disk_bytes=(work / f"usearch-{dtype}.usearch").stat().st_size)
     return make
@@ -202,7 +203,7 @@ def chromadb_index(x, file, work, args):
             state["ef"] = ef
         found = state["coll"].query(query_embeddings=q[None], n_results=k, include=[])
         return np.array([int(i) for i in found["ids"][0]], dtype=np.int64)
-    return Engine("chromadb (HNSW)", search, list(BREADTHS), label=lambda ef: f"ef_search={ef}",
+    return Engine("chromadb (HNSW)", search, list(args.breadths), label=lambda ef: f"ef_search={ef}",
                   build_s=build, keep=[state], disk_bytes=folder_bytes(work / "chroma"))
 
 
@@ -291,6 +292,8 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.95)
     parser.add_argument("--m", type=int, default=32)
     parser.add_argument("--ef-construction", type=int, default=40)
+    parser.add_argument("--breadths", type=int, nargs="+", default=list(BREADTHS),
+                        help="the search breadths (efSearch / ef) every graph is swept over")
     parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
     parser.add_argument("--tmp", type=Path, default=None, help="scratch folder (default: /tmp)")
     args = parser.parse_args()
