@@ -78,9 +78,9 @@ class SearchConfig:
         384 is the smallest measured value with recall@10 >= 0.95 at 1M rows on the synthetic
         data (0.963, p50 3.9 ms); 256 gave 0.935.
     codec: how the graph holds the vectors: ``sq8`` (8 bits per dimension, ~1/4 of float32's
-        memory) or ``fp16``, whose approximate scores pick a candidate pool of ``ef_search``
-        that is re-ranked exactly from the collection's float32 vectors, or ``flat`` (a float32
-        copy: 2,048 B/vector at d=512 on top of the memory-mapped file).
+        memory) or ``fp16``, whose approximate scores pick from the beam of ``ef_search`` the
+        best ``RERANK_POOL x k``, re-ranked exactly from the collection's float32 vectors, or
+        ``flat`` (a float32 copy: 2,048 B/vector at d=512 on top of the memory-mapped file).
     train_rows: vectors sampled (evenly) from the first ones added to fit the scalar
         quantiser's per-dimension ranges; later vectors outside them are clipped, which only
         costs candidate quality, never a score (scores come from the float32 vectors).
