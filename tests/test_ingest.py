@@ -166,6 +166,21 @@ def test_auto_workers_sizes_the_pool_from_the_first_batch(tmp_path, model):
     assert report.new == 2 and report.workers == 0  # one batch or less: no pool is started
 
 
+def test_item_is_found_by_its_stored_path_and_by_an_alias(tmp_path, model):
+    real = tmp_path / "real"
+    paths = write_scenes(real, 2, seed=8)
+    (tmp_path / "alias").symlink_to(real, target_is_directory=True)
+    coll = Collection.create(tmp_path / "c.sc", model)
+    coll.add([tmp_path / "alias"], config=INLINE)  # stored under the resolved directory
+    stored = coll.item(paths[0])
+    assert stored is not None and stored.path == str(paths[0].resolve())
+    for given in (stored.path, tmp_path / "alias" / paths[0].name,
+                  f"{tmp_path}/alias/../real/{paths[0].name}"):
+        assert coll.item(given) == stored, given
+    assert coll.item(tmp_path / "alias" / "missing.png") is None
+    assert coll.paths_by_id([stored.id, 10**9]) == {stored.id: stored.path}
+
+
 @pytest.mark.parametrize(("decode_s", "embed_s", "cores", "expected"), [
     (0.16, 1.9, 2, 1),    # a ViT-B/32 on 2 cores: decoding is 8% of the model's time
     (0.16, 0.02, 2, 2),   # a tiny model: decode-bound, as many as there are cores
