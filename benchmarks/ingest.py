@@ -5,8 +5,8 @@ speed does not depend on weight values) and each worker count, in one run on the
 indexing images/s end to end (fresh collection: hash, decode, preprocess, embed, commit) divided by
 model-only forward images/s (preprocessed tensors already in memory, same batch size; the mean
 of one pass just before and one just after the ingest run, so that a change in the machine's
-load weighs on both sides of the ratio). Also the
-model's achieved FLOP/s beside a float32 matmul's FLOP/s measured in the same run, and where the
+load weighs on both sides of the ratio). Also the model's achieved FLOP/s beside a float32
+matmul's FLOP/s measured in the same run, the decode worker's steps in ms per image, and where the
 ingest run's wall time went (``IndexReport.timings``): the model waiting for decoded images
 (worker start-up included), the model embedding, the store committing, and the rest (listing
 files, the final index sync, opening the collection).
@@ -127,7 +127,8 @@ def decode_profile(paths: list[Path], preprocess, repeats: int = 3) -> list[tupl
     send_ms, _ = best(lambda a: pickle.loads(pickle.dumps(a, protocol=5)), pixels)
     normalise_ms = preprocess_ms - resize_ms
     return [("hash (SHA-256 of the file)", hash_ms), ("decode (JPEG -> RGB)", decode_ms),
-            ("resize (bicubic, shortest edge)", resize_ms), ("crop + normalise (preprocess - resize)", normalise_ms),
+            ("resize (bicubic, shortest edge)", resize_ms),
+            ("crop + normalise (preprocess - resize)", normalise_ms),
             ("pickle round trip (float32 pixels)", send_ms)]
 
 
@@ -160,9 +161,6 @@ def main() -> None:
         print(f"{datetime.date.today()} {platform.machine()} {os.cpu_count()} cores, torch "
               f"{torch.__version__}, {torch.get_num_threads()} threads; {args.n} JPEGs 640x480, "
               f"batch {args.batch_size}; 3072^2 fp32 matmul {peak / 1e9:.1f} GFLOP/s")
-        print("| model | workers | fast decode | ingest img/s | forward img/s | ratio | "
-              "model GFLOP/s | / matmul | wait s | embed s | commit s | rest s |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         photos = sorted(folder.glob("*.jpg"))
         steps = decode_profile(photos[:64], ImagePreprocessor.from_config(
             {"size": {"shortest_edge": 224}, "crop_size": 224}))
@@ -170,6 +168,9 @@ def main() -> None:
         for step, ms in steps:
             print(f"| {step} | {ms:.2f} |")
         print(f"| total | {sum(ms for _, ms in steps):.2f} |\n", flush=True)
+        print("| model | workers | fast decode | ingest img/s | forward img/s | ratio | "
+              "model GFLOP/s | / matmul | wait s | embed s | commit s | rest s |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for name in args.models:
             spec = str(vit_b32(Path(tmp) / "vit-b32")) if name == "vit-b32" else name
             model = load_model(spec)

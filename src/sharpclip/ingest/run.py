@@ -51,9 +51,9 @@ class IndexConfig:
     """How to index. ``workers`` 0 decodes in this process, ``"auto"`` (the default) decodes the
     first batch in this process and sizes the pool from it (:func:`auto_workers`); ``draft``
     decodes JPEGs at reduced scale (faster, but no longer pixel-identical to the checkpoint's
-    own processor); ``regions`` adds
-    the region crops of that grid as the ``regions`` vector set, ``calibrate`` CVE's calibrated
-    embedding as the ``calibrated`` set (each kept for new files after)."""
+    own processor); ``regions`` adds the region crops of that grid as the ``regions`` vector
+    set, ``calibrate`` CVE's calibrated embedding as the ``calibrated`` set (each kept for new
+    files after)."""
 
     workers: int | str = AUTO_WORKERS
     batch_size: int = 32

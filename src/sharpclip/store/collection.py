@@ -40,7 +40,7 @@ import secrets
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -360,24 +360,20 @@ class Collection:
 
     def items_by_id(self, item_ids: Sequence[int]) -> list[Item]:
         """The items with these ids (those that exist), in no particular order."""
-        out: list[Item] = []
-        ids = [int(i) for i in item_ids]
-        for at in range(0, len(ids), 500):
-            chunk = ids[at:at + 500]
-            out += [Item(*row) for row in self._db.execute(
-                f"SELECT {_ITEM_COLUMNS} FROM items WHERE id IN ({','.join('?' * len(chunk))})",
-                chunk)]
-        return out
+        return [Item(*row) for row in self._rows_by_id(_ITEM_COLUMNS, item_ids)]
 
     def paths_by_id(self, item_ids: Sequence[int]) -> dict[int, str]:
         """``{id: path}`` of the items with these ids (those that exist)."""
+        return dict(self._rows_by_id("id, path", item_ids))
+
+    def _rows_by_id(self, columns: str, item_ids: Sequence[int]) -> Iterator[tuple]:
+        """``columns`` of the items with these ids, 500 ids per query (SQLite's bound on
+        parameters)."""
         ids = [int(i) for i in item_ids]
-        out: dict[int, str] = {}
         for at in range(0, len(ids), 500):
             chunk = ids[at:at + 500]
-            out.update(self._db.execute(
-                f"SELECT id, path FROM items WHERE id IN ({','.join('?' * len(chunk))})", chunk))
-        return out
+            yield from self._db.execute(
+                f"SELECT {columns} FROM items WHERE id IN ({','.join('?' * len(chunk))})", chunk)
 
     def counts(self) -> dict[str, int]:
         """Number of items per status."""
