@@ -65,6 +65,8 @@ def test_one_query_sees_one_state(tmp_path, model):
             commit(other, ["late"], unit_vectors(rng, 1, model.dim))
         assert coll.snapshot() is first and coll.read_vectors()[1].shape[0] == 10
         assert len(coll.nearest(np.ones(model.dim, np.float32), 20, exact=True)[1][0]) == 10
+        assert coll.item("/nowhere/late.png") is None  # the catalog too: one read transaction
+    assert coll.item("/nowhere/late.png") is not None
     assert coll.snapshot().generation == first.generation + 1
     assert len(coll.nearest(np.ones(model.dim, np.float32), 20, exact=True)[1][0]) == 11
 
@@ -118,3 +120,59 @@ def test_condition_prompts_follow_the_vocabulary_file(tmp_path):
     write(["x", "y", "z"])
     assert condition_prompts("fill", path)[0] == ["x", "y", "z"]
     assert condition_prompts("fill", path)[1] != first[1]
+
+
+def test_a_warm_conditional_query_follows_every_change(tmp_path, model):
+    """The projected gallery a conditional query keeps between queries (one condition, and the
+    side-by-side "a+b") is never used past a commit: an item added since is found, one removed
+    since is gone."""
+    rng = np.random.default_rng(7)
+    coll = Collection.create(tmp_path / "c.sc", model)
+    data = unit_vectors(rng, 40, model.dim)
+    commit(coll, [str(i) for i in range(40)], data)
+    like = "/nowhere/3.png"
+    for condition in ("colour", "colour+shape"):
+        before = [h.path for h in coll.search(like=like, k=5, condition=condition).hits]
+        assert before[0] == like
+        twin = f"/nowhere/twin-{condition}.png"
+        commit(coll, [f"twin-{condition}"], data[3:4])  # the same vector: similarity 1 too
+        during = [h.path for h in coll.search(like=like, k=5, condition=condition).hits]
+        assert set(during[:2]) == {like, twin}
+        with coll.writing():
+            assert coll.remove([twin]) == 1
+        assert [h.path for h in coll.search(like=like, k=5, condition=condition).hits] == before
+
+
+class ModelLoaded(RuntimeError):
+    pass
+
+
+def test_a_warm_condition_cache_is_read_once_and_a_like_query_loads_no_model(tmp_path, model,
+                                                                             monkeypatch):
+    """A condition's cache, once read and verified, serves later queries from memory (damage to
+    its files afterwards cannot reach them; a new process reads and checks them again); a query
+    by a stored item never loads the model, a text query does."""
+    rng = np.random.default_rng(8)
+    with Collection.create(tmp_path / "c.sc", model) as coll:
+        commit(coll, [str(i) for i in range(30)], unit_vectors(rng, 30, model.dim))
+        expected = [(h.path, h.score) for h in
+                    coll.search(like="/nowhere/4.png", k=5, condition="colour").hits]
+
+    def no_model(spec):
+        raise ModelLoaded(spec)
+
+    monkeypatch.setattr(Collection, "load_model", staticmethod(no_model))
+    with Collection.open(tmp_path / "c.sc") as fresh:
+        def hits():
+            return [(h.path, h.score) for h in
+                    fresh.search(like="/nowhere/4.png", k=5, condition="colour").hits]
+
+        assert hits() == expected
+        for file in (tmp_path / "c.sc" / "cache").iterdir():
+            file.write_bytes(b"garbage")
+        assert hits() == expected
+        assert fresh.search(like="/nowhere/4.png", k=3).hits[0].path == "/nowhere/4.png"
+        with pytest.raises(ModelLoaded):
+            fresh.search(text="a red circle")
+    with Collection.open(tmp_path / "c.sc") as again, pytest.raises(ModelLoaded):
+        again.search(like="/nowhere/4.png", k=5, condition="colour")  # recomputed: needs it

@@ -119,7 +119,7 @@ def _search(coll, text, image, like, k, exact, condition, concepts, rerank, stee
         if item is None or item.status != "ok":
             raise ValueError(f"{like} is not an indexed item of {coll.path}; "
                              "index it first or query with --image FILE")
-        vector = gallery.vectors([item.id])[0]
+        vector = gallery.item_vector(item)
         described["like"] = item.path
     elif image is not None:
         from sharpclip.data.imagefiles import load_rgb
@@ -146,7 +146,7 @@ def _search(coll, text, image, like, k, exact, condition, concepts, rerank, stee
         from sharpclip.query.calibration import reference_corpus
 
         discriminative = _discriminative(coll.model, reference_corpus(concepts, captions), dcc)
-    result = run_query(plan, gallery, TextEncoder(coll.model), values,
+    result = run_query(plan, gallery, TextEncoder(lambda: coll.model), values,
                        encode_image=lambda im: coll.model.encode_images([im])[0],
                        discriminative=discriminative)
     if condition is not None:

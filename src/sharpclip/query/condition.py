@@ -9,6 +9,7 @@ projection from the pooled prompts.
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -98,17 +99,41 @@ def condition_projection(coll, condition: str, concepts=None,
 def condition_candidates(coll, query: np.ndarray, condition: str, k: int, concepts=None,
                          config: ConditionalConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(scores, rows) of the ``k`` live items most similar to ``query`` in ``condition``."""
-    config = config or ConditionalConfig()
+    Ws, gallery = _condition_gallery(coll, condition, concepts, config or ConditionalConfig())
+    projected_query = (project(query[None, :], Ws[0]) if len(Ws) == 1
+                       else project_combined(query[None, :], Ws))
+    snap, n = coll.snapshot(), len(gallery)
+    scores, rows = exact_topk(gallery, projected_query, k,
+                              valid=None if snap.all_live(n) else snap.live_mask(n))
+    return scores[0], rows[0]
+
+
+_GALLERIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # per open collection
+
+
+def _condition_gallery(coll, condition: str, concepts,
+                       config: ConditionalConfig) -> tuple[list[np.ndarray], np.ndarray]:
+    """(the query side's projection matrices, the projected gallery to scan) of a condition,
+    kept with the open collection per condition, vocabulary version and settings for as long as
+    its generation stays: a warm query resolves its condition with one lookup."""
+    from sharpclip.concepts import LLMEndpoint
+
+    kept_here = _GALLERIES.setdefault(coll, {})
+    key = (condition, _file_version(concepts), LLMEndpoint.from_env(), config)
+    generation = coll.snapshot().generation
+    kept = kept_here.get(key)
+    if kept is not None and kept[0] == generation:
+        return kept[1], kept[2]
     names = _vocabulary(concepts).split(condition)
     if len(names) > 1 and config.combine == "mean":
         parts = [condition_projection(coll, name, concepts, config) for name in names]
         scale = np.float32(1.0 / np.sqrt(len(parts)))
         gallery = np.concatenate([g for _, g in parts], axis=1) * scale
-        projected_query = project_combined(query[None, :], [W for W, _ in parts])
+        Ws = [W for W, _ in parts]
     else:
         W, gallery = condition_projection(coll, "+".join(names), concepts, config)
-        projected_query = project(query[None, :], W)
-    snap, n = coll.snapshot(), len(gallery)
-    scores, rows = exact_topk(gallery, projected_query, k,
-                              valid=None if snap.all_live(n) else snap.live_mask(n))
-    return scores[0], rows[0]
+        Ws = [W]
+    if len(kept_here) >= 16:
+        kept_here.clear()
+    kept_here[key] = (generation, Ws, gallery)
+    return Ws, gallery

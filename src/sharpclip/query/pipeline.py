@@ -29,12 +29,20 @@ class QueryError(ValueError):
 
 class TextEncoder:
     """``encode_texts`` of a model, memoised per string (a query's parts and contrastive texts
-    recur across queries of one run)."""
+    recur across queries of one run). ``model`` is a model, or a function of no arguments that
+    returns one, called on first use: a query that encodes no text never loads the model."""
 
     def __init__(self, model, limit: int = 100_000):
-        self.model = model
+        self._model = model
         self._memo: dict[str, np.ndarray] = {}
         self._limit = limit
+
+    @property
+    def model(self):
+        """The model (loaded now if it was given as a function)."""
+        if not hasattr(self._model, "encode_texts"):
+            self._model = self._model()
+        return self._model
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         missing = list(dict.fromkeys(t for t in texts if t not in self._memo))

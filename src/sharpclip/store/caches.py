@@ -4,12 +4,15 @@ A cache holds what can always be recomputed from the vectors (e.g. a condition's
 projection). Each ``NAME.npy`` has a ``NAME.json`` stamp: the key it was computed for (model,
 prompts, settings), the collection generation of the data it was read from, and the SHA-256 of
 the ``.npy`` file. A cache is used only when all three match; a damaged one (garbage, truncated,
-tampered) is simply recomputed. The hash is checked once per process and file version.
+tampered) is simply recomputed. An array read and verified once is kept in memory for its
+(key, generation): later queries touch no file (no system call), and damage to the file after
+it was read cannot reach them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -25,39 +28,39 @@ class Caches:
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
-        self._verified: dict[str, tuple] = {}
-        self._opened: dict[str, tuple] = {}  # name -> (key, generation, file versions, array)
+        self._loaded: dict[str, tuple[str, int, np.ndarray]] = {}  # name -> (key, generation, array)
 
     def get(self, name: str, key: str, generation: int) -> np.ndarray | None:
         """The array stored under ``key`` for ``generation`` whose bytes match the checksum stored
-        with it, memory-mapped; else None. While neither file changes, the array mapped last time
-        is returned again (two ``stat`` calls instead of reading the stamp and the header)."""
+        with it (read-only, in memory); else None. The array read last time for the same key and
+        generation is returned again without reading the files."""
+        loaded = self._loaded.get(name)
+        if loaded is not None and loaded[:2] == (key, generation):
+            return loaded[2]
         file = self.folder / f"{name}.npy"
-        stamp_file = file.with_suffix(".json")
         try:
-            versions = (_version(stamp_file), _version(file))
-            opened = self._opened.get(name)
-            if opened is not None and opened[:3] == (key, generation, versions):
-                return opened[3]
-            stamp = json.loads(stamp_file.read_text())
+            stamp = json.loads(file.with_suffix(".json").read_text())
             if stamp.get("key") != key or stamp.get("generation") != generation:
                 return None
-            stat = file.stat()
-            seen = (stamp.get("sha256"), stat.st_ino, stat.st_size, stat.st_mtime_ns)
-            if self._verified.get(name) != seen:
-                if file_sha256(file) != stamp.get("sha256"):
-                    logger.warning("%s: checksum mismatch; recomputing it", file)
-                    return None
-                self._verified[name] = seen
-            array = np.load(file, mmap_mode="r", allow_pickle=False)
-            self._opened[name] = (key, generation, versions, array)
-            return array
+            data = file.read_bytes()
+            if hashlib.sha256(data).hexdigest() != stamp.get("sha256"):
+                logger.warning("%s: checksum mismatch; recomputing it", file)
+                return None
+            array = np.load(io.BytesIO(data), allow_pickle=False)
         except (OSError, ValueError, AttributeError):  # missing, garbage JSON or .npy
             return None
+        self._keep(name, key, generation, array)
+        return array
+
+    def _keep(self, name: str, key: str, generation: int, array: np.ndarray) -> None:
+        array.flags.writeable = False  # shared by every later query
+        self._loaded[name] = (key, generation, array)
 
     def put(self, name: str, key: str, array: np.ndarray, generation: int) -> None:
         """Store ``array`` under ``key``, stamped with the ``generation`` of the data it was
-        computed from (atomic replace). A cache that cannot be written only costs the cache."""
+        computed from (atomic replace), and keep a copy for this process's next queries. A cache
+        that cannot be written only costs the cache."""
+        self._keep(name, key, generation, np.array(array))
         target = self.folder / f"{name}.npy"
         tmp = self.folder / f".{name}.{os.getpid()}.npy"
         tmp_stamp = self.folder / f".{name}.{os.getpid()}.json"
@@ -86,8 +89,3 @@ def file_sha256(file: Path) -> str:
             digest.update(chunk)
     return digest.hexdigest()
 
-
-def _version(file: Path) -> tuple[int, int, int]:
-    """(inode, size, mtime) of a file: changes whenever it is replaced or rewritten."""
-    stat = file.stat()
-    return stat.st_ino, stat.st_size, stat.st_mtime_ns

@@ -389,15 +389,24 @@ class Collection:
     def reading(self):
         """Pin each vector set's snapshot for the duration (one query): the first
         :meth:`snapshot` of a set inside asks the catalog for the generation, later ones reuse
-        it, so one query sees one state and pays one catalog read per set."""
+        it, so one query sees one state and pays one catalog read per set. The catalog reads
+        inside share one read transaction (WAL: writers in other processes go on): SQLite
+        takes and drops its file lock once per query, not once per statement (each lock is a
+        system call, and on a virtual machine each one slows the scan after it). Nothing
+        inside may write to the catalog."""
         if self._pinned is not None:  # nested: the outer scope's pins hold
             yield self
             return
         self._pinned = {}
+        began = not self._db.in_transaction
+        if began:
+            self._db.execute("BEGIN")
         try:
             yield self
         finally:
             self._pinned = None
+            if began:
+                self._db.execute("COMMIT")
 
     def snapshot(self, name: str = IMAGE_SET) -> Snapshot:
         """The reader's consistent view of vector set ``name`` (see :class:`Snapshot`), read again
@@ -415,7 +424,9 @@ class Collection:
         if cached is not None and cached.generation == generation:
             return cached
         db = self._db
-        db.execute("BEGIN")  # one read transaction: WAL gives it a single snapshot
+        began = not db.in_transaction  # inside `reading`, its transaction serves
+        if began:
+            db.execute("BEGIN")  # one read transaction: WAL gives it a single snapshot
         try:
             generation = int(json.loads(self._meta("generation")))
             found = db.execute("SELECT dim, rows, file FROM vector_sets WHERE name = ?",
@@ -435,7 +446,8 @@ class Collection:
                 live_rows = _expand_runs(runs[:, 0], runs[:, 1])
                 live_ids = np.repeat(runs[:, 2], runs[:, 1])
         finally:
-            db.execute("COMMIT")
+            if began:
+                db.execute("COMMIT")
         dim, rows, file = int(found[0]), int(found[1]), self.path / "vectors" / found[2]
         self._snaps[name] = Snapshot(generation, name, dim, rows, file, live_rows, live_ids)
         return self._snaps[name]
