@@ -1,5 +1,7 @@
 """CPU seconds of one `sharpclip search "TEXT" -c COLL` process on the bundled model: the ONNX
-text-tower copy (no torch import) vs the torch path (`--model bundled`), interleaved runs.
+text-tower copy (no torch import) vs the torch path (`--model bundled`), interleaved runs; and of
+a query by a stored item (`--like PATH`, plain and `--condition colour` with its cache warm),
+which needs no model at all.
 
     python benchmarks/cli_search.py [--runs 7] [--size 200] [--work /tmp/sharpclip-cli-bench]
 
@@ -45,10 +47,15 @@ def main() -> None:
     _cpu_seconds(query)  # the first plain search writes the ONNX copy
     if not any((coll / "cache").glob("text-*.onnx")):
         raise SystemExit("no ONNX copy was written; the fast path cannot be measured")
-    runs: dict[str, list[float]] = {"onnx": [], "torch": []}
+    like = [*cli, "search", "--like", str(min((work / "img").rglob("*.png"))), "-c",
+            str(coll), "-k", "10"]
+    _cpu_seconds([*like, "--condition", "colour"])  # the first one computes the condition cache
+    runs: dict[str, list[float]] = {"onnx": [], "torch": [], "like": [], "like_condition": []}
     for _ in range(args.runs):
         runs["onnx"].append(_cpu_seconds(query))
         runs["torch"].append(_cpu_seconds([*query, "--model", "bundled"]))
+        runs["like"].append(_cpu_seconds(like))
+        runs["like_condition"].append(_cpu_seconds([*like, "--condition", "colour"]))
     medians = {name: statistics.median(values) for name, values in runs.items()}
     print(json.dumps({"runs": {k: [round(v, 3) for v in vs] for k, vs in runs.items()},
                       "median_cpu_s": {k: round(v, 3) for k, v in medians.items()},

@@ -390,10 +390,9 @@ class Collection:
         """Pin each vector set's snapshot for the duration (one query): the first
         :meth:`snapshot` of a set inside asks the catalog for the generation, later ones reuse
         it, so one query sees one state and pays one catalog read per set. The catalog reads
-        inside share one read transaction (WAL: writers in other processes go on): SQLite
-        takes and drops its file lock once per query, not once per statement (each lock is a
-        system call, and on a virtual machine each one slows the scan after it). Nothing
-        inside may write to the catalog."""
+        inside share one read transaction (WAL: writers in other processes go on), so they
+        see the same state and SQLite takes and drops its file lock once per query, not once
+        per statement (three system calls each). Nothing inside may write to the catalog."""
         if self._pinned is not None:  # nested: the outer scope's pins hold
             yield self
             return
