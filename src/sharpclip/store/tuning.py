@@ -31,9 +31,12 @@ import numpy as np
 from sharpclip.store.search_index import AnnIndex, exact_topk
 
 DEFAULT_RECALL = 0.95
-TUNE_QUERIES = 200  # held-out vectors per tuning (at most a tenth of those added)
-# Search breadths tried, smallest first; each step costs ~1.5x the previous one.
-EF_GRID = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+# Held-out vectors per tuning (at most a tenth of those added): 500 measure recall@10 ~0.95 to
+# about ±0.003 (one standard error; 200 gave ±0.005, the size of a step between breadths).
+TUNE_QUERIES = 500
+# Search breadths tried, smallest first; each step costs ~1.2-1.5x the previous one (finer at
+# the top, where a step is most milliseconds: at 1M rows 448 reached 0.95 in 2.65 ms, 512 3.09).
+EF_GRID = (16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 448, 512, 640, 768, 896, 1024)
 
 
 @dataclass(frozen=True)
