@@ -122,11 +122,45 @@ def test_cli_fast_search_does_not_import_torch(collection, capsys):
     assert len(out) == 4 and out[-1] == "False False"
 
 
-def test_tokenizer_that_differs_gets_no_copy(model, tmp_path, monkeypatch):
+def test_tokenizer_that_differs_gets_no_copy_and_is_not_tried_again(model, tmp_path,
+                                                                    monkeypatch):
+    import torch
+
     from sharpclip.models import onnx_text
 
     settings = onnx_text._tokenizer_settings(model)
     monkeypatch.setattr(onnx_text, "_tokenizer_settings",
                         lambda m: {**settings, "max_length": settings["max_length"] - 4})
+    exports = []
+    export = torch.onnx.export
+    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: exports.append(1) or export(*a, **k))
     assert not write_copy(model, tmp_path)  # the long probe truncates differently
-    assert list(tmp_path.iterdir()) == []
+    _, _, meta_file = copy_paths(tmp_path, model.fingerprint)
+    assert list(tmp_path.iterdir()) == [meta_file] and len(exports) == 1
+    assert "tokens equal False" in onnx_text.refused(tmp_path, model.fingerprint)
+    assert load_copy(tmp_path, model.fingerprint) is None
+    assert not write_copy(model, tmp_path) and len(exports) == 1  # remembered: not re-exported
+    meta = json.loads(meta_file.read_text())
+    meta["versions"]["onnxruntime"] = "0.0.1"  # another library version: worth a new try
+    meta_file.write_text(json.dumps(meta))
+    assert onnx_text.refused(tmp_path, model.fingerprint) is None
+    assert not write_copy(model, tmp_path) and len(exports) == 2
+    monkeypatch.setattr(onnx_text, "_tokenizer_settings", lambda m: settings)
+    meta_file.unlink()  # the refusal deleted: the copy is made
+    assert write_copy(model, tmp_path) and load_copy(tmp_path, model.fingerprint) is not None
+
+
+def test_an_export_that_fails_is_remembered(model, tmp_path, monkeypatch):
+    import torch
+
+    from sharpclip.models import onnx_text
+
+    exports = []
+
+    def failing(*args, **kwargs):
+        exports.append(1)
+        raise RuntimeError("an operator ONNX cannot express")
+
+    monkeypatch.setattr(torch.onnx, "export", failing)
+    assert not write_copy(model, tmp_path) and not write_copy(model, tmp_path)
+    assert len(exports) == 1 and "RuntimeError" in onnx_text.refused(tmp_path, model.fingerprint)

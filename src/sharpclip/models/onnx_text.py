@@ -7,7 +7,9 @@ width and the tokenizer settings (so a hub checkpoint need not be resolved). It 
 after the exported graph and the ``tokenizers``-library tokenisation were checked equal to the torch
 path on probe texts, so a checkpoint whose tokenizer cannot be reproduced gets no copy (and keeps
 the torch path). A missing, damaged or stale copy, or no onnxruntime, gives ``None``: the caller
-falls back to torch.
+falls back to torch. A refused export is remembered in the sidecar (with the library versions it
+was tried with), so later searches do not pay for exporting and checking again until one of them
+changes.
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ def load_copy(cache_dir: Path, fingerprint: str) -> OnnxTextModel | None:
     onnx_file, tokenizer_file, meta_file = copy_paths(cache_dir, fingerprint)
     try:
         meta = json.loads(meta_file.read_text())
+        if "refused" in meta:  # no copy can be made for this checkpoint: torch serves
+            return None
         if (meta.get("fingerprint") != fingerprint or _sha256(onnx_file) != meta["sha256"]
                 or _sha256(tokenizer_file) != meta["tokenizer_sha256"]):
             logger.info("ONNX text copy %s is damaged or stale; using torch", onnx_file)
@@ -136,14 +140,51 @@ class _TextTower:
         return Tower().eval()
 
 
+def _versions() -> dict:
+    """The versions of what an export depends on (a refusal holds only while they stay)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("sharpclip", "torch", "transformers", "onnx", "onnxruntime", "tokenizers"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+def refused(cache_dir: Path, fingerprint: str) -> str | None:
+    """Why no copy could be made for ``fingerprint`` with the libraries installed now, if an
+    earlier :func:`write_copy` found so; else None."""
+    try:
+        meta = json.loads(copy_paths(cache_dir, fingerprint)[2].read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("fingerprint") != fingerprint:
+        return None
+    return meta.get("refused") if meta.get("versions") == _versions() else None
+
+
+def _refuse(meta_file: Path, fingerprint: str, reason: str) -> None:
+    """Remember (atomically) that no copy can be made; a cache that cannot be written forgets."""
+    tmp = meta_file.with_name(f".{meta_file.name}.{os.getpid()}.refused")
+    try:
+        tmp.write_text(json.dumps({"fingerprint": fingerprint, "refused": reason,
+                                   "versions": _versions()}))
+        os.replace(tmp, meta_file)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
 def write_copy(model, cache_dir: Path) -> bool:
     """Export ``model``'s text tower into ``cache_dir`` (atomically) after checking it and the
     tokenisation equal to the torch path on :data:`PROBES`; False when they differ or the
-    export fails (nothing is written)."""
+    export fails (then only the refusal is written: see :func:`refused`, which makes later
+    calls return False at once)."""
     import torch
 
     settings = _tokenizer_settings(model)
-    if settings is None:
+    if settings is None or refused(cache_dir, model.fingerprint):
         return False
     onnx_file, tokenizer_file, meta_file = copy_paths(cache_dir, model.fingerprint)
     tmp, tokenizer_tmp, meta_tmp = (f.with_name(f".{f.name}.{os.getpid()}.tmp")
@@ -169,8 +210,9 @@ def write_copy(model, cache_dir: Path) -> bool:
         got, want = copy.encode_texts(list(PROBES)), model.encode_texts(list(PROBES))
         gap = float(np.abs(got - want).max())
         if not same_tokens or gap > TOLERANCE:
-            logger.info("no ONNX text copy for %s: tokens equal %s, max gap %.2e",
-                        model.name, same_tokens, gap)
+            reason = f"tokens equal {same_tokens}, max gap {gap:.2e}"
+            logger.info("no ONNX text copy for %s: %s", model.name, reason)
+            _refuse(meta_file, model.fingerprint, reason)
             return False
         meta = {"fingerprint": model.fingerprint, "sha256": _sha256(tmp),
                 "tokenizer_sha256": _sha256(tokenizer_tmp), "model_type": model.model_type,
@@ -180,8 +222,13 @@ def write_copy(model, cache_dir: Path) -> bool:
         os.replace(tokenizer_tmp, tokenizer_file)
         os.replace(meta_tmp, meta_file)
         return True
+    except (OSError, MemoryError) as error:  # a full disk, a read-only collection: next time
+        logger.info("no ONNX text copy for %s (%s)", model.name, error)
+        return False
     except Exception as error:  # noqa: BLE001 -- an optional speed-up: never fail the search
-        logger.info("no ONNX text copy for %s (%s: %s)", model.name, type(error).__name__, error)
+        reason = f"{type(error).__name__}: {error}"
+        logger.info("no ONNX text copy for %s (%s)", model.name, reason)
+        _refuse(meta_file, model.fingerprint, reason)
         return False
     finally:
         for leftover in (tmp, tokenizer_tmp, meta_tmp):
