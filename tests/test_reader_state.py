@@ -95,6 +95,44 @@ def test_a_batch_rewritten_at_the_same_rows_is_hashed_again(tmp_path, model):
         np.testing.assert_array_equal(fresh.intact_rows(np.arange(8)), [False] * 4 + [True] * 4)
 
 
+def test_intact_rows_row_by_row_and_as_arrays_agree_with_a_literal_check(tmp_path, model):
+    """A few rows (a query's hits) are checked one by one, many as arrays: both give what hashing
+    each row's batch against its recorded checksum gives, for damaged batches, rows past the
+    committed ones and rows before any batch (-1)."""
+    import hashlib
+
+    from sharpclip.store import collection as store
+
+    rng = np.random.default_rng(8)
+    coll = Collection.create(tmp_path / "c.sc", model)
+    sizes = [3, 5, 1, 7, 4, 6]
+    for b, size in enumerate(sizes):
+        commit(coll, [f"{b}-{i}" for i in range(size)], unit_vectors(rng, size, model.dim))
+    n = sum(sizes)
+    with open(coll.path / "vectors" / "image.f32", "r+b") as handle:
+        for row in (4, 9, 20):  # batches 1, 3 and 5
+            handle.seek(row * model.dim * 4)
+            handle.write(np.full(model.dim, 0.3, np.float32).tobytes())
+    batches = coll._db.execute("SELECT start, count, sha256 FROM vector_batches").fetchall()
+    data = np.fromfile(coll.path / "vectors" / "image.f32", np.float32).reshape(-1, model.dim)
+
+    def literal(row):
+        for start, count, digest in batches:
+            if start <= row < start + count:
+                return hashlib.sha256(data[start:start + count].tobytes()).hexdigest() == digest
+        return True
+
+    rows = rng.integers(-1, n + 3, size=200)
+    expected = [literal(r) for r in rows.tolist()]
+    assert not all(expected) and any(expected)
+    few = np.concatenate([coll.intact_rows(rows[i:i + 10]) for i in range(0, 200, 10)])
+    with Collection.open(coll.path) as fresh:  # no verdicts kept yet: the array path hashes
+        assert len(rows) > store._FEW_ROWS
+        many = fresh.intact_rows(rows)
+    np.testing.assert_array_equal(few, expected)
+    np.testing.assert_array_equal(many, expected)
+
+
 def test_a_cut_vector_file_raises_even_with_a_map_kept(tmp_path, model):
     rng = np.random.default_rng(6)
     coll = Collection.create(tmp_path / "c.sc", model)

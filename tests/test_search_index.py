@@ -65,6 +65,20 @@ def test_exact_topk_matches_full_sort_with_ties(chunk_rows, k, mask):
     np.testing.assert_array_equal(scores, ref_scores)
 
 
+@pytest.mark.parametrize("chunk_rows", [3, None])
+def test_exact_topk_ranks_a_damaged_nan_vector_last(chunk_rows):
+    """A row whose score is NaN (damaged bytes) ranks below every finite one and is returned
+    only when nothing else is left."""
+    rng = np.random.default_rng(2)
+    vectors = rng.standard_normal((12, 8)).astype(np.float32)
+    vectors[[0, 7]] = np.nan
+    query = vectors[3]
+    scores, rows = exact_topk(vectors, query, 12, chunk_rows=chunk_rows)
+    _, ref_rows = reference_topk(np.delete(vectors, [0, 7], 0), query, 10)
+    np.testing.assert_array_equal(rows[0, :10], np.delete(np.arange(12), [0, 7])[ref_rows[0]])
+    assert set(rows[0, 10:].tolist()) == {0, 7} and np.isneginf(scores[0, 10:]).all()
+
+
 def test_exact_topk_float_data_on_memmap(tmp_path):
     rng = np.random.default_rng(1)
     data = rng.standard_normal((500, 16)).astype(np.float32)

@@ -157,7 +157,7 @@ def _search(coll, text, image, like, k, exact, condition, concepts, rerank, stee
     if plan.rerank is not None and gallery.computed_on_demand:
         described["regions_computed"] = gallery.computed_on_demand
     paths = coll.paths_by_id(result.ids.tolist())
-    hits = [Hit(paths[int(i)], float(s), int(i), w)
-            for i, s, w in zip(result.ids, result.scores, result.why) if int(i) in paths]
+    hits = [Hit(paths[i], s, i, w)
+            for i, s, w in zip(result.ids.tolist(), result.scores.tolist(), result.why) if i in paths]
     return SearchResult(hits, {**described, "k": k}, result.timing_ms)
 

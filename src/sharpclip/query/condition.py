@@ -99,7 +99,7 @@ def condition_projection(coll, condition: str, concepts=None,
 def condition_candidates(coll, query: np.ndarray, condition: str, k: int, concepts=None,
                          config: ConditionalConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(scores, rows) of the ``k`` live items most similar to ``query`` in ``condition``."""
-    Ws, gallery = _condition_gallery(coll, condition, concepts, config or ConditionalConfig())
+    Ws, gallery = _condition_gallery(coll, condition, concepts, config or _DEFAULT_CONFIG)
     projected_query = (project(query[None, :], Ws[0]) if len(Ws) == 1
                        else project_combined(query[None, :], Ws))
     snap, n = coll.snapshot(), len(gallery)
@@ -109,6 +109,7 @@ def condition_candidates(coll, query: np.ndarray, condition: str, k: int, concep
 
 
 _GALLERIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # per open collection
+_DEFAULT_CONFIG = ConditionalConfig()
 
 
 def _condition_gallery(coll, condition: str, concepts,
@@ -118,7 +119,9 @@ def _condition_gallery(coll, condition: str, concepts,
     its generation stays: a warm query resolves its condition with one lookup."""
     from sharpclip.concepts import LLMEndpoint
 
-    kept_here = _GALLERIES.setdefault(coll, {})
+    kept_here = _GALLERIES.get(coll)
+    if kept_here is None:
+        kept_here = _GALLERIES[coll] = {}
     key = (condition, _file_version(concepts), LLMEndpoint.from_env(), config)
     generation = coll.snapshot().generation
     kept = kept_here.get(key)

@@ -167,8 +167,9 @@ class CollectionGallery:
             logger.warning("%s: left out %d candidates whose stored vectors changed on disk; run "
                            "`sharpclip check -c %s --repair`", coll.path, int((~intact).sum()),
                            coll.path)
-        scores, rows = scores[intact][:k], rows[intact][:k]
-        return scores, self._rows_to_ids(rows, vector_set)
+        if not intact.all():
+            scores, rows = scores[intact], rows[intact]
+        return scores[:k], self._rows_to_ids(rows[:k], vector_set)
 
     def vectors(self, ids, vector_set="image"):
         coll = self.coll

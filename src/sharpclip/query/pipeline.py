@@ -238,12 +238,12 @@ def run_query(plan: QueryPlan, gallery: Gallery, encode: Callable[[Sequence[str]
     if plan.steer is not None:  # the steered score, and what steered it
         used = [(d["condition"], d["value"], d["confuser"]) for d in details["steer"]["attributes"]
                 if d.get("used")]
-        why = [{"steer": {"score": round(float(s), 6), "beta": plan.steer.beta,
-                          "attributes": [list(u) for u in used]}} for s in scores]
+        why = [{"steer": {"score": round(s, 6), "beta": plan.steer.beta,
+                          "attributes": [list(u) for u in used]}} for s in scores.tolist()]
     else:
         stage = ("condition" if plan.condition is not None
                  else "calibrated" if plan.calibrate is not None else "plain")
-        why = [{stage: round(float(s), 6)} for s in scores]
+        why = [{stage: round(s, 6)} for s in scores.tolist()]
     candidates = Candidates(ids, scores.astype(np.float64), why)
     lap("candidates")
     if plan.calibrate is not None and len(candidates.ids):

@@ -30,6 +30,7 @@ a concurrent writer (or ``compact``, which renumbers rows) can never mix two sta
 
 from __future__ import annotations
 
+import bisect
 import errno
 import fcntl
 import hashlib
@@ -195,6 +196,39 @@ def surviving_rows(batch_ends: Sequence[int], present: int) -> int:
     return max((end for end in batch_ends if end <= present), default=0)
 
 
+_FEW_ROWS = 64  # up to this many rows, intact_rows checks row by row in Python
+
+
+class _Batches:
+    """A vector set's checksum batches (sorted by start) and this process's verdict on each:
+    1 intact, 0 changed, -1 not hashed yet."""
+
+    def __init__(self, first: list[int], counts: list[int], digests: list[str]):
+        self.first = first  # starts as Python ints, for bisect
+        self.ends = [s + c for s, c in zip(first, counts)]
+        self.starts = np.array(first, dtype=np.int64)
+        self.counts = np.array(counts, dtype=np.int64)
+        self.digests = digests
+        self.verdicts = np.full(len(first), -1, np.int8)
+
+    def verdict(self, b: int, vectors: np.ndarray) -> int:
+        """Batch ``b``'s verdict, hashing its rows of ``vectors`` the first time."""
+        if self.verdicts[b] < 0:
+            data = np.ascontiguousarray(vectors[self.first[b]:self.ends[b]]).tobytes()
+            self.verdicts[b] = hashlib.sha256(data).hexdigest() == self.digests[b]
+        return int(self.verdicts[b])
+
+    def carry_verdicts(self, old: _Batches) -> None:
+        """Keep ``old``'s verdicts for the leading batches both hold unchanged."""
+        same = 0
+        for a, b in zip(zip(old.first, old.ends, old.digests), zip(self.first, self.ends,
+                                                                     self.digests)):
+            if a != b:
+                break
+            same += 1
+        self.verdicts[:same] = old.verdicts[:same]
+
+
 class Collection:
     """A directory-backed image collection (see the module docstring for the layout)."""
 
@@ -209,7 +243,7 @@ class Collection:
         self._maps: dict[str, tuple[tuple, np.memmap]] = {}  # each set's current memory map
         self.backend = LocalBackend(self.path)
         self._caches = Caches(self.path / "cache")
-        self._batch_index: dict[str, tuple] = {}  # per set: (generation, file) -> its batches
+        self._batch_index: dict[str, tuple] = {}  # per set: ((generation, file), _Batches)
         self.repairs: list[str] = []  # what the writer repaired on taking the lock, for reports
         self._db = _connect(self.path / DB_NAME)
 
@@ -585,50 +619,45 @@ class Collection:
         process and file; rows of no recorded batch (older than checksums) count as intact.
         Search drops hits that fail, so a damaged vector never returns a wrong file."""
         snap, vectors = self.read_vectors(name)
+        batches = self._batches(snap)
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        starts, counts, digests, verdicts = self._batches(snap)
-        at = np.searchsorted(starts, rows, side="right") - 1
+        if len(rows) <= _FEW_ROWS:  # a query's hits: per row, without array temporaries
+            out = np.ones(len(rows), dtype=bool)
+            for i, row in enumerate(rows.tolist()):
+                b = bisect.bisect_right(batches.first, row) - 1
+                if b >= 0 and row < batches.ends[b] and row < snap.rows:
+                    out[i] = batches.verdict(b, vectors) == 1
+            return out
+        at = np.searchsorted(batches.starts, rows, side="right") - 1
         inside = (rows >= 0) & (rows < snap.rows) & (at >= 0)
-        inside[inside] &= rows[inside] < (starts + counts)[at[inside]]
+        inside[inside] &= rows[inside] < (batches.starts + batches.counts)[at[inside]]
         batch = at[inside]
-        pending = batch[verdicts[batch] < 0]
+        pending = batch[batches.verdicts[batch] < 0]
         for b in np.unique(pending).tolist() if pending.size else ():
-            data = np.ascontiguousarray(vectors[starts[b]:starts[b] + counts[b]]).tobytes()
-            verdicts[b] = hashlib.sha256(data).hexdigest() == digests[b]
+            batches.verdict(b, vectors)
         out = np.ones(len(rows), dtype=bool)
-        out[inside] = verdicts[batch] == 1
+        out[inside] = batches.verdicts[batch] == 1
         return out
 
-    def _batches(self, snap: Snapshot) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
-        """(starts, counts, sha256, verdicts) of the snapshot's checksum batches by start, read
-        once per generation (one query, not one per hit). ``verdicts`` (1 intact, 0 changed, -1
-        not hashed yet) carry over from the previous generation for the batches that are the
-        same (start, count, checksum) in the same file."""
+    def _batches(self, snap: Snapshot) -> _Batches:
+        """The snapshot's checksum batches by start, read once per generation (one query, not
+        one per hit). Verdicts carry over from the previous generation for the batches that are
+        the same (start, count, checksum) in the same file."""
         name = snap.vector_set
         mapped = self._maps.get(name)  # the file version `vectors` just checked, if mapped
         inode = mapped[0][3] if mapped and mapped[0][0] == snap.file else (
             snap.file.stat().st_ino if snap.file.exists() else 0)
-        key = (name, snap.generation, str(snap.file), inode)
+        key = (name, snap.generation, snap.file, inode)
         previous = self._batch_index.get(name)
         if previous is not None and previous[0] == key:
             return previous[1]
         found = self._db.execute("SELECT start, count, sha256 FROM vector_batches WHERE "
                                  "vector_set = ? ORDER BY start", (name,)).fetchall()
-        starts = np.array([f[0] for f in found], dtype=np.int64)
-        counts = np.array([f[1] for f in found], dtype=np.int64)
-        digests = [f[2] for f in found]
-        verdicts = np.full(len(found), -1, np.int8)
+        batches = _Batches([f[0] for f in found], [f[1] for f in found], [f[2] for f in found])
         if previous is not None and previous[0][2:] == key[2:]:
-            old_starts, old_counts, old_digests, old_verdicts = previous[1]
-            same = min(len(old_digests), len(digests))
-            for b in range(same):
-                if (old_digests[b] != digests[b] or old_starts[b] != starts[b]
-                        or old_counts[b] != counts[b]):
-                    same = b
-                    break
-            verdicts[:same] = old_verdicts[:same]
-        self._batch_index[name] = (key, (starts, counts, digests, verdicts))
-        return starts, counts, digests, verdicts
+            batches.carry_verdicts(previous[1])
+        self._batch_index[name] = (key, batches)
+        return batches
 
     def _vector_set(self, name: str) -> tuple[int, int, Path]:
         found = self.vector_set(name)
