@@ -9,9 +9,10 @@ with ``refine_factor``).
 
 Data: ``--n`` x ``--dim`` clustered unit vectors (``benchmarks/search.py``'s ``mixture``: 5,000
 clusters) in a float32 memmap; ``--queries`` fresh draws from the same distribution; k = 10.
-Every graph uses the same degree and build width (``--m`` 32, ``--ef-construction`` 40) and is
-swept over the same search breadths; the summary keeps, per engine, the fastest setting with
-recall@10 >= ``--target`` on these queries (for sharpclip also the breadth its tuner chose).
+Every graph uses the same degree and build width (``--m`` 32, ``--ef-construction`` 100:
+sharpclip's default) and is swept over the same search breadths; the summary keeps, per engine,
+the fastest setting with recall@10 >= ``--target`` on these queries (for sharpclip also the
+breadth its tuner chose).
 
 Measured: recall@10 against exact search; p50/p99 of one query at a time with one thread
 (``OPENBLAS_NUM_THREADS=1``, faiss/hnswlib/usearch told so; chromadb and LanceDB run their own
@@ -112,8 +113,9 @@ def sharpclip_ann(x, file, work, args):
                                                         else ""),
                   build_s=build, keep=[index],
                   disk_bytes=file.stat().st_size + (work / "sharpclip.faiss").stat().st_size,
-                  note=f"tuner chose efSearch {tuning['ef_search']} (recall {tuning['recall']:.3f} "
-                       f"on {tuning['queries']} held-out vectors, target {args.target})")
+                  note=f"tuner chose efSearch {tuning['ef_search']} (recall {tuning['recall']:.3f}, "
+                       f"lower bound {tuning['lower_bound']:.3f}, on {tuning['queries']} held-out "
+                       f"vectors, target {args.target})")
 
 
 def numpy_scan(x, file, work, args):
@@ -291,7 +293,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--target", type=float, default=0.95)
     parser.add_argument("--m", type=int, default=32)
-    parser.add_argument("--ef-construction", type=int, default=40)
+    parser.add_argument("--ef-construction", type=int, default=SearchConfig.ef_construction)
     parser.add_argument("--breadths", type=int, nargs="+", default=list(BREADTHS),
                         help="the search breadths (efSearch / ef) every graph is swept over")
     parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))

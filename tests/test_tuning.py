@@ -13,7 +13,13 @@ from sharpclip.cli import main
 from sharpclip.collection import Collection
 from sharpclip.store.collection import ItemUpdate
 from sharpclip.store.search_index import AnnIndex, SearchConfig, exact_topk
-from sharpclip.store.tuning import EF_GRID, add_tuned, recall_at_k, tune_ef_search
+from sharpclip.store.tuning import (
+    EF_GRID,
+    add_tuned,
+    recall_at_k,
+    recall_lower_bound,
+    tune_ef_search,
+)
 
 
 def cloud(n, dim, seed):
@@ -44,6 +50,30 @@ def test_the_chosen_breadth_meets_the_target_on_fresh_queries(tuned):
     assert fresh_recall(index, vectors, queries, tuning["ef_search"]) >= 0.9 - 0.03
     smaller = EF_GRID[EF_GRID.index(tuning["ef_search"]) - 1]
     assert fresh_recall(index, vectors, queries, smaller) < 0.9  # and it is the smallest
+
+
+def test_the_recall_lower_bound_is_wilsons():
+    assert recall_lower_bound(1.0, 60) == pytest.approx(60 / 64)  # p = 1: n / (n + z^2)
+    # p = 0.5, n = 100, z = 2: (0.52 - 2 sqrt(0.0026)) / 1.04
+    assert recall_lower_bound(0.5, 100) == pytest.approx((0.52 - 2 * 0.0026 ** 0.5) / 1.04)
+    assert recall_lower_bound(0.0, 50) == pytest.approx(0.0, abs=1e-12)
+    assert recall_lower_bound(0.9, 0) == 0.0
+    assert recall_lower_bound(0.95, 5000) < recall_lower_bound(0.95, 50000) < 0.95
+
+
+def test_the_tuner_keeps_the_first_breadth_whose_lower_bound_meets_the_target(tuned):
+    vectors, index, _ = tuned
+    queries = cloud(200, 48, 12)
+    chosen = tune_ef_search(index, vectors, queries, 0.9)
+    bounds = {ef: recall_lower_bound(fresh_recall(index, vectors, queries, ef), 200 * 10)
+              for ef in EF_GRID[:EF_GRID.index(chosen.ef_search) + 1]}
+    assert chosen.met and bounds[chosen.ef_search] >= 0.9
+    assert chosen.lower_bound == pytest.approx(bounds[chosen.ef_search])
+    assert all(b < 0.9 for ef, b in bounds.items() if ef < chosen.ef_search)
+    assert chosen.recall >= chosen.lower_bound + 0.01  # the margin: ~2 standard errors
+    # too few queries to show the target, even when every neighbour is found
+    tiny = tune_ef_search(index, vectors, queries[:3], 0.95)
+    assert not tiny.met and tiny.ef_search == EF_GRID[-1] and tiny.lower_bound < 0.95
 
 
 def test_targets_order_the_breadths_and_an_unreachable_one_says_so(tuned):
