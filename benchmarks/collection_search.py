@@ -7,8 +7,8 @@ the ANN hits, the checksum of each hit's batch, row -> path lookup: everything b
 ``--like`` reuses a stored vector) beside the core call it wraps on the same data:
 ``exact_topk`` for exact search, ``AnnIndex.search`` for the HNSW index (with the exact re-ranking
 of its candidates from the vector file, part of the method), the projected scan for a
-conditional query, each called as the collection calls it (a live mask only when rows were
-removed). The ratio (pipeline / core) has the goal <= 1.2. ``--removed F`` removes that fraction of
+conditional query (over the transposed projection the collection keeps in memory), each called
+as the collection calls it (a live mask only when rows were removed). The ratio (pipeline / core) has the goal <= 1.2. ``--removed F`` removes that fraction of
 the items first (so masks and the index's deletion bitmap are exercised; a collection kept with
 ``--collection`` keeps them, and the header prints the share actually removed).
 
@@ -68,12 +68,14 @@ def main() -> None:
         ann = coll.backend.reader_index(snap, vectors) if coll.uses_ann(args.n, None) else None
         index = ann[0] if ann is not None else None
         W, gallery = condition_projection(coll, "colour")
+        columns = np.ascontiguousarray(gallery.T)  # as the collection keeps it in memory
         rows = [
             ("exact", lambda: coll.search(like=like, k=args.k, exact=True),
              lambda: exact_topk(vectors, query, args.k, valid=mask)),
             ("conditional (colour, cache warm)",
              lambda: coll.search(like=like, k=args.k, condition="colour"),
-             lambda: exact_topk(gallery, project(query, W), args.k, valid=mask)),
+             lambda: exact_topk(columns, project(query, W), args.k, valid=mask,
+                                transposed=True)),
         ]
         if index is not None:
             rows.insert(1, (f"HNSW ({index.config.codec}, efSearch {index.ef_search_}, re-ranked)",

@@ -65,6 +65,26 @@ def test_exact_topk_matches_full_sort_with_ties(chunk_rows, k, mask):
     np.testing.assert_array_equal(scores, ref_scores)
 
 
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("k", [1, 10, 60])
+@pytest.mark.parametrize("mask", ["none", "some", "few"])
+def test_exact_topk_on_long_chunks_matches_full_sort(transposed, k, mask):
+    """Chunks long enough for the group-maximum floor (>= 64 k rows), with ties at the k-th
+    score, masks that leave whole groups empty, and the transposed (d, N) layout."""
+    rng = np.random.default_rng(5)
+    vectors = rng.integers(-2, 3, (5000, 4)).astype(np.float32)
+    queries = rng.integers(-2, 3, (3, 4)).astype(np.float32)
+    valid = {"none": None, "some": rng.random(5000) > 0.5,
+             "few": np.isin(np.arange(5000), rng.choice(5000, 2 * k, replace=False))}[mask]
+    given = np.ascontiguousarray(vectors.T) if transposed else vectors
+    for chunk_rows in (None, 1024):
+        scores, rows = exact_topk(given, queries, k, valid=valid, chunk_rows=chunk_rows,
+                                  transposed=transposed)
+        ref_scores, ref_rows = reference_topk(vectors, queries, k, valid)
+        np.testing.assert_array_equal(rows, ref_rows)
+        np.testing.assert_array_equal(scores, ref_scores)
+
+
 @pytest.mark.parametrize("chunk_rows", [3, None])
 def test_exact_topk_ranks_a_damaged_nan_vector_last(chunk_rows):
     """A row whose score is NaN (damaged bytes) ranks below every finite one and is returned

@@ -99,11 +99,11 @@ def condition_projection(coll, condition: str, concepts=None,
 def condition_candidates(coll, query: np.ndarray, condition: str, k: int, concepts=None,
                          config: ConditionalConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(scores, rows) of the ``k`` live items most similar to ``query`` in ``condition``."""
-    Ws, gallery = _condition_gallery(coll, condition, concepts, config or _DEFAULT_CONFIG)
+    Ws, columns = _condition_gallery(coll, condition, concepts, config or _DEFAULT_CONFIG)
     projected_query = (project(query[None, :], Ws[0]) if len(Ws) == 1
                        else project_combined(query[None, :], Ws))
-    snap, n = coll.snapshot(), len(gallery)
-    scores, rows = exact_topk(gallery, projected_query, k,
+    snap, n = coll.snapshot(), columns.shape[1]
+    scores, rows = exact_topk(columns, projected_query, k, transposed=True,
                               valid=None if snap.all_live(n) else snap.live_mask(n))
     return scores[0], rows[0]
 
@@ -114,9 +114,11 @@ _DEFAULT_CONFIG = ConditionalConfig()
 
 def _condition_gallery(coll, condition: str, concepts,
                        config: ConditionalConfig) -> tuple[list[np.ndarray], np.ndarray]:
-    """(the query side's projection matrices, the projected gallery to scan) of a condition,
-    kept with the open collection per condition, vocabulary version and settings for as long as
-    its generation stays: a warm query resolves its condition with one lookup."""
+    """(the query side's projection matrices, the projected gallery to scan, transposed: (k, N))
+    of a condition, kept with the open collection per condition, vocabulary version and settings
+    for as long as its generation stays: a warm query resolves its condition with one lookup.
+    The transposed copy (N x k float32 in memory: 4 MB at 250k items for colour's k = 4) is
+    scanned several times faster than the (N, k) cache file (see ``exact_topk``)."""
     from sharpclip.concepts import LLMEndpoint
 
     kept_here = _GALLERIES.get(coll)
@@ -136,7 +138,8 @@ def _condition_gallery(coll, condition: str, concepts,
     else:
         W, gallery = condition_projection(coll, "+".join(names), concepts, config)
         Ws = [W]
+    columns = np.ascontiguousarray(gallery.T, dtype=np.float32)
     if len(kept_here) >= 16:
         kept_here.clear()
-    kept_here[key] = (generation, Ws, gallery)
-    return Ws, gallery
+    kept_here[key] = (generation, Ws, columns)
+    return Ws, columns
