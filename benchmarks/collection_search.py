@@ -33,7 +33,7 @@ from timing import interleaved_median_ms
 
 from sharpclip.collection import Collection
 from sharpclip.methods.conditional import project
-from sharpclip.query.condition import condition_projection
+from sharpclip.query.condition import condition_gallery
 from sharpclip.store.search_index import exact_topk
 
 
@@ -67,8 +67,7 @@ def main() -> None:
         removed = 1 - len(snap.live_rows) / snap.rows  # a kept --collection keeps earlier removals
         ann = coll.backend.reader_index(snap, vectors) if coll.uses_ann(args.n, None) else None
         index = ann[0] if ann is not None else None
-        W, gallery = condition_projection(coll, "colour")
-        columns = np.ascontiguousarray(gallery.T)  # as the collection keeps it in memory
+        (W,), columns = condition_gallery(coll, "colour")  # the arrays the collection scans
         rows = [
             ("exact", lambda: coll.search(like=like, k=args.k, exact=True),
              lambda: exact_topk(vectors, query, args.k, valid=mask)),

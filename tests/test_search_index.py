@@ -72,10 +72,11 @@ def test_exact_topk_on_long_chunks_matches_full_sort(transposed, k, mask):
     """Chunks long enough for the group-maximum floor (>= 64 k rows), with ties at the k-th
     score, masks that leave whole groups empty, and the transposed (d, N) layout."""
     rng = np.random.default_rng(5)
-    vectors = rng.integers(-2, 3, (5000, 4)).astype(np.float32)
+    vectors = rng.integers(-2, 3, (5003, 4)).astype(np.float32)  # 5003: groups leave a tail
     queries = rng.integers(-2, 3, (3, 4)).astype(np.float32)
-    valid = {"none": None, "some": rng.random(5000) > 0.5,
-             "few": np.isin(np.arange(5000), rng.choice(5000, 2 * k, replace=False))}[mask]
+    vectors[-1] = 3 * queries[0]  # its best row sits in the tail beyond the whole strides
+    valid = {"none": None, "some": rng.random(5003) > 0.5,
+             "few": np.isin(np.arange(5003), rng.choice(5003, 2 * k, replace=False))}[mask]
     given = np.ascontiguousarray(vectors.T) if transposed else vectors
     for chunk_rows in (None, 1024):
         scores, rows = exact_topk(given, queries, k, valid=valid, chunk_rows=chunk_rows,
@@ -83,6 +84,23 @@ def test_exact_topk_on_long_chunks_matches_full_sort(transposed, k, mask):
         ref_scores, ref_rows = reference_topk(vectors, queries, k, valid)
         np.testing.assert_array_equal(rows, ref_rows)
         np.testing.assert_array_equal(scores, ref_scores)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_exact_topk_on_long_chunks_ranks_damaged_nan_vectors_last(transposed):
+    """The group-maximum floor (see test above) with NaN scores and the best rows last."""
+    rng = np.random.default_rng(6)
+    vectors = rng.standard_normal((5003, 4)).astype(np.float32)
+    damaged = rng.choice(5003, 7, replace=False)
+    vectors[damaged] = np.nan
+    query = rng.standard_normal(4).astype(np.float32)
+    vectors[-3:] = 3 * query  # the best three sit in the tail beyond the whole strides
+    given = np.ascontiguousarray(vectors.T) if transposed else vectors
+    _, rows = exact_topk(given, query, 20, transposed=transposed)
+    assert rows[0, :3].tolist() == [5000, 5001, 5002]
+    kept = np.delete(np.arange(5003), damaged)
+    _, ref_rows = reference_topk(vectors[kept], query, 20)
+    np.testing.assert_array_equal(rows[0], kept[ref_rows[0]])
 
 
 @pytest.mark.parametrize("chunk_rows", [3, None])

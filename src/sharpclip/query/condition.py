@@ -99,7 +99,7 @@ def condition_projection(coll, condition: str, concepts=None,
 def condition_candidates(coll, query: np.ndarray, condition: str, k: int, concepts=None,
                          config: ConditionalConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(scores, rows) of the ``k`` live items most similar to ``query`` in ``condition``."""
-    Ws, columns = _condition_gallery(coll, condition, concepts, config or _DEFAULT_CONFIG)
+    Ws, columns = condition_gallery(coll, condition, concepts, config)
     projected_query = (project(query[None, :], Ws[0]) if len(Ws) == 1
                        else project_combined(query[None, :], Ws))
     snap, n = coll.snapshot(), columns.shape[1]
@@ -112,8 +112,8 @@ _GALLERIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # per open 
 _DEFAULT_CONFIG = ConditionalConfig()
 
 
-def _condition_gallery(coll, condition: str, concepts,
-                       config: ConditionalConfig) -> tuple[list[np.ndarray], np.ndarray]:
+def condition_gallery(coll, condition: str, concepts=None, config: ConditionalConfig | None = None
+                      ) -> tuple[list[np.ndarray], np.ndarray]:
     """(the query side's projection matrices, the projected gallery to scan, transposed: (k, N))
     of a condition, kept with the open collection per condition, vocabulary version and settings
     for as long as its generation stays: a warm query resolves its condition with one lookup.
@@ -121,6 +121,7 @@ def _condition_gallery(coll, condition: str, concepts,
     scanned several times faster than the (N, k) cache file (see ``exact_topk``)."""
     from sharpclip.concepts import LLMEndpoint
 
+    config = config or _DEFAULT_CONFIG
     kept_here = _GALLERIES.get(coll)
     if kept_here is None:
         kept_here = _GALLERIES[coll] = {}
