@@ -145,7 +145,9 @@ def test_index_recall_option_and_status(tmp_path, capsys, monkeypatch):
     status = json.loads(capsys.readouterr().out)
     assert status["ann_search"]["tuning"]["target"] == 0.9
     assert main(["status", "-c", coll]) == 0
-    assert "efSearch" in capsys.readouterr().out
+    line = capsys.readouterr().out
+    bound = status["ann_search"]["tuning"]["lower_bound"]
+    assert "efSearch" in line and f"at least {bound:.3f} with confidence" in line
     with pytest.raises(SystemExit) as exit_:
         main(["index", str(tmp_path / "in"), "-c", coll, "--recall", "1.5"])
     assert exit_.value.code == 2
