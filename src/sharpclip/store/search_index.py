@@ -145,7 +145,8 @@ def _as_queries(queries: np.ndarray, dim: int) -> np.ndarray:
 def _select_topk(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` best of each row of ``scores`` (descending score, then ascending row)."""
     order = np.lexsort((rows, -scores), axis=-1)[:, :k]
-    return np.take_along_axis(scores, order, -1), np.take_along_axis(rows, order, -1)
+    at = np.arange(len(order))[:, None]  # plain fancy indexing: take_along_axis costs ~10 us more
+    return scores[at, order], rows[at, order]
 
 
 def merge_topk(first: tuple[np.ndarray, np.ndarray], second: tuple[np.ndarray, np.ndarray],
@@ -160,10 +161,17 @@ def rescore(vectors: np.ndarray, queries: np.ndarray,
             rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner products of each query with ``vectors[rows]`` (``rows`` ``(Q, m)``; ``-1``
     marks a missing hit and scores ``-inf``), re-sorted: approximate hits scored for real."""
-    q = _as_queries(queries, vectors.shape[1])
+    return _rescored(vectors, _as_queries(queries, vectors.shape[1]), rows)
+
+
+def _rescored(vectors: np.ndarray, q: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`rescore` of checked float32 queries ``q``."""
     found = rows >= 0
-    exact = np.einsum("qkd,qd->qk", np.asarray(vectors[np.where(found, rows, 0)]), q)
-    return _select_topk(np.where(found, exact, -np.inf).astype(np.float32), rows, rows.shape[1])
+    # gathered through a plain view: a memmap's own __getitem__ wraps every result (~30 us)
+    picked = np.asarray(vectors)[np.where(found, rows, 0)]
+    exact = np.einsum("qkd,qd->qk", picked, q)
+    return _select_topk(np.where(found, exact, -np.inf).astype(np.float32, copy=False), rows,
+                        rows.shape[1])
 
 
 def _floor_pools(block: np.ndarray, k: int) -> list[np.ndarray] | None:
@@ -335,6 +343,7 @@ def _faiss_threads(n: int) -> Iterator[None]:
 
 
 RERANK_POOL = 16  # candidates re-ranked exactly per result wanted (k)
+_CORES = os.cpu_count() or 1
 
 
 class AnnIndex:
@@ -364,7 +373,9 @@ class AnnIndex:
         self.rows_ = np.empty(0, np.int64)
         self.deleted_ = np.empty(0, np.bool_)
         self.tuning_: dict | None = None
-        self._live_bits: np.ndarray | None = None  # packed bitmap of live faiss ids, cached
+        # (live rows, packed bitmap of live faiss ids or None when none is removed): computed
+        # once per change of the deletion mask, not per query (a 1M mask is ~40 us to count)
+        self._live: tuple[int, np.ndarray | None] | None = None
 
     # -- building --------------------------------------------------------------------------------
 
@@ -425,19 +436,26 @@ class AnnIndex:
                 bar.update(len(chunk))
         self.rows_ = np.concatenate([self.rows_, rows])
         self.deleted_ = np.concatenate([self.deleted_, np.zeros(len(rows), np.bool_)])
-        self._live_bits = None
+        self._live = None
 
     def remove(self, rows: np.ndarray) -> int:
         """Never return ``rows`` again; returns how many live rows were removed (unknown rows are
         ignored)."""
         hit = np.isin(self.rows_, np.asarray(rows, dtype=np.int64).reshape(-1)) & ~self.deleted_
         self.deleted_ |= hit
-        self._live_bits = None
+        self._live = None
         return int(np.count_nonzero(hit))
 
     def __len__(self) -> int:
         """Live (not removed) rows."""
-        return int(len(self.rows_) - np.count_nonzero(self.deleted_))
+        return self._live_state()[0]
+
+    def _live_state(self) -> tuple[int, np.ndarray | None]:
+        if self._live is None:
+            removed = int(np.count_nonzero(self.deleted_))
+            bits = np.packbits(~self.deleted_, bitorder="little") if removed else None
+            self._live = len(self.rows_) - removed, bits
+        return self._live
 
     @property
     def deleted_fraction(self) -> float:
@@ -475,20 +493,16 @@ class AnnIndex:
         pool = min(ef, RERANK_POOL * m, len(self)) if vectors is not None else m
         params = faiss.SearchParametersHNSW()
         params.efSearch = ef
-        bits = None
-        if self.deleted_.any():
-            if self._live_bits is None:
-                self._live_bits = np.packbits(~self.deleted_, bitorder="little")
-            bits = self._live_bits  # keep the array alive while faiss reads it
+        bits = self._live_state()[1]  # kept alive in self._live while faiss reads it
+        if bits is not None:
             selector = faiss.IDSelectorBitmap(bits)
             params.sel = selector
-        with _faiss_threads(min(len(q), self.config.threads or os.cpu_count() or 1)):
+        with _faiss_threads(min(len(q), self.config.threads or _CORES)):
             scores, ids = self.index_.search(q, pool, params=params)
-        del bits
         found = ids >= 0
         rows = np.where(found, self.rows_[np.where(found, ids, 0)], -1)
         if vectors is not None:
-            scores, rows = rescore(vectors, q, rows)
+            scores, rows = _rescored(vectors, q, rows)
             return scores[:, :m], rows[:, :m]
         return np.where(found, scores, -np.inf).astype(np.float32), rows.astype(np.int64)
 
