@@ -207,11 +207,14 @@ def test_removed_rows_never_returned(data, codec):
     index = AnnIndex.build(vectors, rows, SearchConfig(codec=codec), progress=False)
     rng = np.random.default_rng(3)
     removed = rng.choice(len(vectors), 900, replace=False)
+    # query with the removed vectors themselves: each is its own best match while present
+    probe = np.concatenate([vectors[removed[:50]], queries])
+    assert len(index) == len(vectors)  # searched and counted before: nothing kept goes stale
+    np.testing.assert_array_equal(index.search(probe[:50], 1, vectors=vectors)[1][:, 0],
+                                  removed[:50])
     assert index.remove(removed) == 900
     assert index.remove(removed[:10]) == 0  # already gone
     assert len(index) == len(vectors) - 900
-    # query with the removed vectors themselves: each is its own best match if it were present
-    probe = np.concatenate([vectors[removed[:50]], queries])
     _, ann_rows = index.search(probe, 10, vectors=vectors)
     assert not np.isin(index.search(probe, 10)[1], removed).any()
     valid = np.ones(len(vectors), bool)
