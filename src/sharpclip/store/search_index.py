@@ -493,7 +493,7 @@ class AnnIndex:
         pool = min(ef, RERANK_POOL * m, len(self)) if vectors is not None else m
         params = faiss.SearchParametersHNSW()
         params.efSearch = ef
-        bits = self._live_state()[1]  # kept alive in self._live while faiss reads it
+        bits = self._live_state()[1]  # this name keeps it alive while faiss reads it
         if bits is not None:
             selector = faiss.IDSelectorBitmap(bits)
             params.sel = selector
