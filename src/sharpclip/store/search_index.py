@@ -342,7 +342,10 @@ def _faiss_threads(n: int) -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
-RERANK_POOL = 16  # candidates re-ranked exactly per result wanted (k)
+# Candidates re-ranked exactly per result wanted (k), the graph's best by its 8-bit scores. At 1M
+# x 512 (1,000 queries, efSearch 32-256) 4 and 2 gave the recall@10 of 16 to the third decimal,
+# 4 in 0.94x (efSearch 48) to 0.85x (128) of its time; the tuner measures with the same pool.
+RERANK_POOL = 4
 _CORES = os.cpu_count() or 1
 
 
