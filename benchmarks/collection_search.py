@@ -8,9 +8,10 @@ the ANN hits, the checksum of each hit's batch, row -> path lookup: everything b
 ``exact_topk`` for exact search, ``AnnIndex.search`` for the HNSW index (with the exact re-ranking
 of its candidates from the vector file, part of the method), the projected scan for a
 conditional query (over the transposed projection the collection keeps in memory), each called
-as the collection calls it (a live mask only when rows were removed). The ratio (pipeline / core) has the goal <= 1.2. ``--removed F`` removes that fraction of
-the items first (so masks and the index's deletion bitmap are exercised; a collection kept with
-``--collection`` keeps them, and the header prints the share actually removed).
+as the collection calls it (a live mask only when rows were removed). The ratio (pipeline /
+core) has the goal <= 1.2. ``--removed F`` removes that fraction of the items first (so masks
+and the index's deletion bitmap are exercised; a collection kept with ``--collection`` keeps
+them, and the header prints the share actually removed).
 
 Run: .venv/bin/python benchmarks/collection_search.py [--n 250000] [--repeats 50] [--removed 0.01]
      [--clock wall|cpu] [--collection DIR]
