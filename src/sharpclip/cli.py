@@ -295,9 +295,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
         tuned = ann["tuning"]
         bound = (f", at least {tuned['lower_bound']:.3f} with confidence"
                  if tuned and "lower_bound" in tuned else "")  # tuned by an earlier version: no bound
-        short = " (target not shown with confidence at any breadth: the largest is used)"
+        unmet = " (target not shown with confidence at any breadth: the largest is used)"
         how = (f"tuned to recall@{tuned['k']} {tuned['target']} on {tuned['queries']} held-out "
-               f"vectors: {tuned['recall']:.3f}{bound}{'' if tuned['met'] else short}"
+               f"vectors: {tuned['recall']:.3f}{bound}{'' if tuned['met'] else unmet}"
                if tuned else "default, not tuned")
         print(f"ANN index: HNSW M={ann['hnsw_m']} {ann['codec']}, {ann['bytes_per_vector']} B/vector "
               f"in memory; efSearch {ann['ef_search']} ({how})")

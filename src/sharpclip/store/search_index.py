@@ -462,7 +462,7 @@ class AnnIndex:
 
     @property
     def deleted_fraction(self) -> float:
-        return float(np.count_nonzero(self.deleted_)) / max(1, len(self.rows_))
+        return (len(self.rows_) - len(self)) / max(1, len(self.rows_))
 
     @property
     def needs_rebuild(self) -> bool:

@@ -5,11 +5,10 @@ constant cannot fit every collection. When vectors are added to the index (:func
 its build, or growth by more than a tenth), a sample of them is held out of the graph, used as
 queries, and :func:`tune_ef_search` keeps the smallest breadth of :data:`EF_GRID` whose recall@10
 against exact search reaches the target *with confidence*: the lower end of its Wilson interval
-(:func:`recall_lower_bound`), not the measured mean, must reach it; the held-out vectors are added
-afterwards. They must be
-held out: a vector already in the graph leads the walk to its own neighbourhood, so its recall
-overstates a new query's (on 6,000 random 48-d vectors, the breadth that gave 0.95 for indexed
-vectors gave 0.90 for fresh ones). Queries are image vectors, so this measures "more like this";
+(:func:`recall_lower_bound`), not the measured mean, must reach it; the held-out vectors are
+added afterwards. They must be held out: a vector already in the graph leads the walk to its
+own neighbourhood, so its recall overstates a new query's (on 6,000 random 48-d vectors, the
+breadth that gave 0.95 for indexed vectors gave 0.90 for fresh ones). Queries are image vectors, so this measures "more like this";
 text queries lie elsewhere in the space (the modality gap) and may see a different recall.
 
 Pure array code; the index stores the result (``AnnIndex.tuning_``).
