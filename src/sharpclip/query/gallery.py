@@ -189,7 +189,7 @@ class CollectionGallery:
         row = item.row
         if row is None or row >= len(vectors) or not self.coll.intact_rows([row]).all():
             return self.vectors([item.id])[0]  # raises with the fix
-        return np.array(vectors[row])
+        return np.asarray(vectors)[row].copy()  # a plain view: memmap indexing wraps its result
 
     def regions(self, ids):
         from sharpclip.store.collection import REGIONS_SET, DamagedCollectionError
