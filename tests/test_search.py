@@ -179,6 +179,29 @@ def test_searches_read_the_writers_index_and_make_up_for_its_lag(tmp_path, model
         np.testing.assert_array_equal(reopened.nearest(queries, 10, config=ann)[1], rows)
 
 
+def test_an_index_built_with_other_graph_settings_is_rebuilt_on_its_next_sync(tmp_path, model,
+                                                                              caplog):
+    """A graph cannot be re-wired in place: an index saved with another build width or degree
+    (e.g. by a version with other defaults) is rebuilt with the wanted ones, saying why; one
+    built with them is kept."""
+    rng = np.random.default_rng(3)
+    old = SearchConfig(ann_threshold=1, ef_construction=40)
+    new = SearchConfig(ann_threshold=1)
+    coll = Collection.create(tmp_path / "c.sc", model)
+    commit_synthetic(coll, [f"a{i}" for i in range(60)], unit_vectors(rng, 60, model.dim))
+    with coll.writing():
+        assert coll.sync_index(old)
+        assert not coll.sync_index(old)  # same settings, nothing new: kept
+        with caplog.at_level("INFO", logger="sharpclip.store.local_backend"):
+            assert coll.sync_index(new)
+        assert not coll.sync_index(new)
+    assert "efConstruction 40 -> 100" in caplog.text and "over 60 vectors" in caplog.text
+    with Collection.open(coll.path) as reopened:
+        index, fresh = reopened.backend.reader_index(*reopened.read_vectors())
+        assert (index.config.ef_construction, index.index_.hnsw.efConstruction) == (100, 100)
+        assert fresh.size == 0 and len(index) == 60
+
+
 def test_a_snapshot_never_mixes_two_commits(tmp_path, model):
     """The generation, the vector file and the live rows are read together: a commit by another
     process after the snapshot changes nothing in it, and the next snapshot sees it whole."""

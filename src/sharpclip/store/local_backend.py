@@ -49,6 +49,16 @@ def load_index_for(file: Path, vectors: np.ndarray, sample: int = 16) -> AnnInde
     return index
 
 
+def _graph_change(built: SearchConfig, wanted: SearchConfig) -> str:
+    """What differs between the graph an index was built with and the one ``wanted`` builds
+    (degree, build width), in words; empty when nothing does. A graph cannot be re-wired in
+    place, so an index built before a default changed is rebuilt on its next sync."""
+    changes = [f"{name} {old} -> {new}" for name, old, new in
+               (("M", built.hnsw_m, wanted.hnsw_m),
+                ("efConstruction", built.ef_construction, wanted.ef_construction)) if old != new]
+    return ", ".join(changes)
+
+
 def index_file_for(vector_file: Path) -> Path:
     """The ANN index file that belongs to a vector file (a new file after ``compact``)."""
     return vector_file.parent.parent / "index" / f"{vector_file.stem}.faiss"
@@ -129,7 +139,11 @@ class LocalBackend:
         tuned = (index.tuning_ if index is not None else None) or {}
         target = recall if recall is not None else tuned.get("target", DEFAULT_RECALL)
         live = snap.live_rows
-        if (index is None or index.needs_rebuild or index.config.codec != config.codec
+        regraph = index is not None and _graph_change(index.config, config)
+        if regraph:
+            logger.info("%s: rebuilding the ANN index (%s) over %d vectors", file, regraph,
+                        len(live))
+        if (index is None or regraph or index.needs_rebuild or index.config.codec != config.codec
                 or tuned.get("target") != target):
             index = AnnIndex(vectors.shape[1], config)
             add_tuned(index, vectors, live, target, progress)
