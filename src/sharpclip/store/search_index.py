@@ -466,9 +466,11 @@ class AnnIndex:
             self._live = len(self.rows_) - removed, bits
         return self._live
 
-    def _search_params(self, ef: int) -> faiss.SearchParametersHNSW:
-        """faiss's parameters for a search of breadth ``ef`` over the live rows, made once per
-        breadth and deletion mask (they hold the selector, which holds the bitmap)."""
+    def _search_params(self, ef: int) -> tuple:
+        """(bitmap, faiss's parameters, selector) for a search of breadth ``ef`` over the live
+        rows, made once per breadth and deletion mask. The caller holds the tuple while faiss
+        runs: the parameters point at the selector, which points at the bitmap, and faiss's
+        wrappers keep neither alive (another thread may drop them from the cache meanwhile)."""
         bits = self._live_state()[1]
         kept = self._params.get(ef)
         if kept is None or kept[0] is not bits:
@@ -480,7 +482,7 @@ class AnnIndex:
             if len(self._params) >= 16:
                 self._params.clear()
             kept = self._params[ef] = (bits, params, selector)
-        return kept[1]
+        return kept
 
     @property
     def deleted_fraction(self) -> float:
@@ -516,9 +518,9 @@ class AnnIndex:
         # the graph's best RERANK_POOL x k by its approximate scores are re-ranked exactly:
         # re-reading all ef rows (768 x 2 KB at 1M rows) cost more than the walk at large ef
         pool = min(ef, RERANK_POOL * m, len(self)) if vectors is not None else m
-        params = self._search_params(ef)
+        kept = self._search_params(ef)  # held until faiss is done with it
         with _faiss_threads(min(len(q), self.config.threads or _CORES)):
-            scores, ids = self.index_.search(q, pool, params=params)
+            scores, ids = self.index_.search(q, pool, params=kept[1])
         found = ids >= 0
         rows = (self.rows_[ids] if found.all()
                 else np.where(found, self.rows_[np.where(found, ids, 0)], -1))
