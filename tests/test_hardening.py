@@ -140,6 +140,8 @@ def test_vector_file_deleted_under_a_running_writer_is_refused(indexed, model, m
 
 def test_a_read_only_cache_folder_only_costs_the_cache(indexed, model, monkeypatch):
     coll_path, paths = indexed
+    for cached in (coll_path / "cache").glob("*"):  # what `index` cached (the live items)
+        cached.unlink()
     monkeypatch.setattr(np, "save", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space")))
     with Collection.open(coll_path, model) as coll:
         hits = coll.search(like=paths[0], k=1, condition="colour").hits

@@ -54,7 +54,7 @@ def test_condition_ranks_by_that_condition_and_cache_follows_generation(gallery)
     colour = labels[query].objects[0].colour
     hits = coll.search(like=query, k=6, condition="colour").hits
     assert sum(labels[h.path].objects[0].colour == colour for h in hits) >= 5
-    cached = sorted(p.name for p in (coll.path / "cache").glob("*.npy"))
+    cached = sorted(p.name for p in (coll.path / "cache").glob("condition-*.npy"))
     assert len(cached) == 2
     again = coll.search(like=query, k=6, condition="colour").hits
     assert [h.path for h in again] == [h.path for h in hits]

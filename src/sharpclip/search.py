@@ -115,12 +115,15 @@ def _search(coll, text, image, like, k, exact, condition, concepts, rerank, stee
     vector = None
     gallery = CollectionGallery(coll, concepts=concepts)
     if like is not None:
-        item = coll.item(like)
-        if item is None or item.status != "ok":
-            raise ValueError(f"{like} is not an indexed item of {coll.path}; "
-                             "index it first or query with --image FILE")
-        vector = gallery.item_vector(item)
-        described["like"] = item.path
+        found = coll.live_item(os.fspath(like))  # a path as stored: no catalog query
+        if found is None:
+            item = coll.item(like)  # a path given another way, or not a live item
+            if item is None or item.status != "ok":
+                raise ValueError(f"{like} is not an indexed item of {coll.path}; "
+                                 "index it first or query with --image FILE")
+            found, like = (item.id, item.row), item.path
+        vector = gallery.item_vector(*found)
+        described["like"] = os.fspath(like)
     elif image is not None:
         from sharpclip.data.imagefiles import load_rgb
 

@@ -182,13 +182,12 @@ class CollectionGallery:
                              f"run `sharpclip check -c {coll.path} --repair`")
         return np.asarray(coll.read_vectors(vector_set)[1][starts])
 
-    def item_vector(self, item) -> np.ndarray:
+    def item_vector(self, item_id: int, row: int | None) -> np.ndarray:
         """The image vector of one embedded item (the query of "more like this"), read at the
-        row its catalog record names (no second catalog lookup)."""
+        ``row`` the snapshot or its catalog record names (no second catalog lookup)."""
         vectors = self.coll.read_vectors()[1]
-        row = item.row
         if row is None or row >= len(vectors) or not self.coll.intact_rows([row]).all():
-            return self.vectors([item.id])[0]  # raises with the fix
+            return self.vectors([item_id])[0]  # raises with the fix
         return np.asarray(vectors)[row].copy()  # a plain view: memmap indexing wraps its result
 
     def regions(self, ids):

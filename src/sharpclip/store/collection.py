@@ -52,6 +52,7 @@ from sharpclip.data.imagefiles import COLLECTION_MARKER, path_key
 from sharpclip.store import schema
 from sharpclip.store.caches import Caches
 from sharpclip.store.faults import crash_point
+from sharpclip.store.live_items import LiveItems
 from sharpclip.store.local_backend import LocalBackend, index_file_for
 from sharpclip.store.search_index import SearchConfig, needs_ann
 
@@ -167,6 +168,7 @@ class Snapshot:
     file: Path
     live_rows: np.ndarray
     live_ids: np.ndarray
+    items: LiveItems | None = field(default=None, compare=False, repr=False)  # image set only
     _masks: dict = field(default_factory=dict, compare=False, repr=False)
 
     def live_mask(self, n: int | None = None) -> np.ndarray:
@@ -397,12 +399,21 @@ class Collection:
         return [Item(*row) for row in self._rows_by_id(_ITEM_COLUMNS, item_ids)]
 
     def paths_by_id(self, item_ids: Sequence[int]) -> dict[int, str]:
-        """``{id: path}`` of the items with these ids (those that exist)."""
-        if len(item_ids) <= 500:  # a query's hits: one statement
-            return dict(self._db.execute(
-                f"SELECT id, path FROM items WHERE id IN ({','.join('?' * len(item_ids))})",
-                [int(i) for i in item_ids]))
-        return dict(self._rows_by_id("id, path", item_ids))
+        """``{id: path}`` of the items with these ids (those that exist): live items from the
+        snapshot's :class:`LiveItems`, others from the catalog."""
+        found = self.snapshot().items.paths_by_id(item_ids)
+        missing = [int(i) for i in item_ids if i not in found]
+        if missing:
+            found.update(self._rows_by_id("id, path", missing))
+        return found
+
+    def live_item(self, path: str) -> tuple[int, int] | None:
+        """(id, image row) of the live item stored as exactly ``path`` (absolute and normalised,
+        as :func:`~sharpclip.data.imagefiles.path_key` stores it), read from the snapshot without
+        a catalog query; None when no live item is stored so (use :meth:`item`)."""
+        items = self.snapshot().items
+        at = items.find(path)
+        return None if at is None else (int(items.ids[at]), int(items.rows[at]))
 
     def _rows_by_id(self, columns: str, item_ids: Sequence[int]) -> Iterator[tuple]:
         """``columns`` of the items with these ids, 500 ids per query (SQLite's bound on
@@ -464,16 +475,20 @@ class Collection:
         began = not db.in_transaction  # inside `reading`, its transaction serves
         if began:
             db.execute("BEGIN")  # one read transaction: WAL gives it a single snapshot
+        items = None
         try:
-            generation = int(json.loads(self._meta("generation")))
+            meta = dict(db.execute("SELECT key, value FROM meta WHERE key IN "
+                                   "('generation', 'generation_id')"))
+            generation = int(json.loads(meta["generation"]))
             found = db.execute("SELECT dim, rows, file FROM vector_sets WHERE name = ?",
                                (name,)).fetchone()
             if found is None:
                 raise CollectionError(self._no_set_message(name))
             if name == IMAGE_SET:
-                data = db.execute("SELECT row, id FROM items WHERE status = 'ok' ORDER BY row")
-                array = np.array(data.fetchall(), dtype=np.int64).reshape(-1, 2)
-                live_rows, live_ids = array[:, 0], array[:, 1]
+                stamp = (f"{LiveItems.FORMAT}:{self.info.created_at!r}:"
+                         f"{meta.get('generation_id')}:{found[2]}:{found[1]}")
+                items = self._live_items(generation, stamp)
+                live_rows, live_ids = items.rows, items.ids
             else:
                 data = db.execute(
                     "SELECT v.start, v.count, v.item_id FROM item_vectors v JOIN items i ON "
@@ -486,8 +501,23 @@ class Collection:
             if began:
                 db.execute("COMMIT")
         dim, rows, file = int(found[0]), int(found[1]), self.path / "vectors" / found[2]
-        self._snaps[name] = Snapshot(generation, name, dim, rows, file, live_rows, live_ids)
+        self._snaps[name] = Snapshot(generation, name, dim, rows, file, live_rows, live_ids, items)
         return self._snaps[name]
+
+    def _live_items(self, generation: int, stamp: str) -> LiveItems:
+        """The live items of ``generation`` (inside the snapshot's read transaction): from the
+        cache when it holds them for this generation and ``stamp`` (what else identifies the
+        catalog's state: its creation, the generation's random id, the image file and rows),
+        else read from the catalog (one query) and cached."""
+        packed = self._caches.get("live-items", stamp, generation)
+        items = None if packed is None else LiveItems.unpack(packed)
+        if items is not None:
+            return items
+        data = self._db.execute(
+            "SELECT row, id, path FROM items WHERE status = 'ok' ORDER BY row").fetchall()
+        packed = (LiveItems.build(*zip(*data)) if data else LiveItems.build((), (), ())).pack()
+        self._caches.put("live-items", stamp, packed, generation)
+        return LiveItems.unpack(self._caches.get("live-items", stamp, generation))  # the kept copy
 
     def _no_set_message(self, name: str) -> str:
         if name in (REGIONS_SET, CALIBRATED_SET):
@@ -890,6 +920,10 @@ class Collection:
 
     def _bump_generation(self) -> None:
         self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+        # A random id per generation: a cache stamped with a generation number can never vouch
+        # for another state that reached the same number (a catalog restored from a backup).
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('generation_id', ?)",
+                         (json.dumps(secrets.token_hex(8)),))
 
     # -- search ---------------------------------------------------------------------------------
 
