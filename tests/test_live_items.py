@@ -88,7 +88,7 @@ def seen(coll):
 def catalog_reads(coll):
     """The statements that read every live item, counted as ``coll`` runs them."""
     statements = []
-    coll._db.set_trace_callback(lambda s: statements.append(s) if "row, id, path" in s else None)
+    coll._db.set_trace_callback(lambda s: statements.append(s) if "row, id, CAST(path" in s else None)
     return statements
 
 

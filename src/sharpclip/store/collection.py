@@ -513,9 +513,9 @@ class Collection:
         items = None if packed is None else LiveItems.unpack(packed)
         if items is not None:
             return items
-        data = self._db.execute(
-            "SELECT row, id, path FROM items WHERE status = 'ok' ORDER BY row").fetchall()
-        packed = (LiveItems.build(*zip(*data)) if data else LiveItems.build((), (), ())).pack()
+        packed = LiveItems.from_catalog(self._db.execute(
+            "SELECT row, id, CAST(path AS BLOB) FROM items WHERE status = 'ok' ORDER BY row"
+        ).fetchall()).pack()
         self._caches.put("live-items", stamp, packed, generation)
         return LiveItems.unpack(self._caches.get("live-items", stamp, generation))  # the kept copy
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 import numpy as np
 
@@ -41,7 +42,21 @@ class LiveItems:
     @classmethod
     def build(cls, rows: Sequence[int], ids: Sequence[int], paths: Sequence[str]) -> LiveItems:
         """The arrays of items given in ascending ``rows``, with their ``ids`` and ``paths``."""
-        encoded = [_encode(p) for p in paths]
+        return cls.from_encoded(rows, ids, [_encode(p) for p in paths])
+
+    @classmethod
+    def from_catalog(cls, records: Sequence[tuple[int, int, bytes]]) -> LiveItems:
+        """The arrays of ``(row, id, UTF-8 path)`` records in ascending row (as SQLite returns
+        ``SELECT row, id, CAST(path AS BLOB)``: no string is built)."""
+        n = len(records)
+        rows = np.fromiter(map(itemgetter(0), records), np.int64, n)
+        ids = np.fromiter(map(itemgetter(1), records), np.int64, n)
+        return cls.from_encoded(rows, ids, list(map(itemgetter(2), records)))
+
+    @classmethod
+    def from_encoded(cls, rows: Sequence[int], ids: Sequence[int],
+                     encoded: Sequence[bytes]) -> LiveItems:
+        """:meth:`build` of paths given as UTF-8 bytes."""
         n = len(encoded)
         live = np.array([rows, ids], dtype=np.int64).reshape(2, n)
         offsets = np.zeros(n + 1, np.int64)
