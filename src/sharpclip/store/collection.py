@@ -7,7 +7,8 @@ Layout of ``COLL/``::
                            vector_batches (a SHA-256 per committed batch of rows), item_vectors
                            (each item's rows in a multi-vector set); schema in ``store.schema``
     vectors/<file>.f32     append-only float32 rows, memory-mapped on read
-    cache/<name>.npy       derived arrays (e.g. a condition's gallery projection), keyed, stamped
+    cache/<name>.npy       derived arrays (a condition's gallery projection, the live items of
+                           ``store.live_items``), keyed, stamped
                            with the collection generation and checksummed: any add/remove
                            invalidates them, a damaged one is recomputed
     index/<file>.faiss     the ANN index over a vector file, when the collection is large
