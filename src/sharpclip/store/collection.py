@@ -628,25 +628,15 @@ class Collection:
         return snap.live_rows, snap.live_ids
 
     def paths_for_rows(self, rows: Sequence[int]) -> dict[int, tuple[int, str]]:
-        """Map vector rows to (item id, path) for live items."""
-        live, ids = self.live_rows()
-        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        """Map vector rows to (item id, path) for live items (the snapshot's live items)."""
+        items = self.snapshot().items
+        live, rows = items.rows, np.asarray(rows, dtype=np.int64).reshape(-1)
         if not len(live) or not len(rows):
             return {}
         at = np.minimum(np.searchsorted(live, rows), len(live) - 1)
         found = live[at] == rows
-        wanted = dict(zip(ids[at[found]].tolist(), rows[found].tolist()))
-        out: dict[int, tuple[int, str]] = {}
-        keys = list(wanted)
-        for start in range(0, len(keys), 500):
-            chunk = keys[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            for item_id, row, path in self._db.execute(
-                f"SELECT id, row, path FROM items WHERE status = 'ok' AND id IN ({marks})", chunk
-            ):
-                if row == wanted[item_id]:  # else changed since the snapshot: left out
-                    out[row] = (item_id, path)
-        return out
+        return {row: (int(items.ids[i]), items.path_at(i))
+                for row, i in zip(rows[found].tolist(), at[found].tolist())}
 
     def intact_rows(self, rows: Sequence[int], name: str = IMAGE_SET) -> np.ndarray:
         """Mask over ``rows``: False where the row's committed batch no longer matches the
