@@ -30,6 +30,7 @@ from sharpclip.collection import Collection
 from sharpclip.methods.conditional import project
 from sharpclip.query.condition import condition_gallery
 from sharpclip.search import Hit, SearchResult
+from sharpclip.store.collection import CollectionError
 from sharpclip.store.search_index import exact_topk
 
 
@@ -40,37 +41,47 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     args = parser.parse_args()
     threadpool_limits(1)
-    coll = Collection.open(args.collection)
+    try:
+        coll = Collection.open(args.collection)
+    except CollectionError as error:
+        raise SystemExit(str(error)) from None
     like, k = "/synthetic/5.jpg", args.k
     snap = coll.snapshot()
     mask = None if snap.all_live() else snap.live_mask()
     vectors, batches, items = coll.vectors(), coll._batches(snap), snap.items
+    if items.find(like) is None:
+        raise SystemExit(f"{args.collection} has no item {like}: give a collection kept by "
+                         "collection_search.py --collection DIR")
     condition_gallery(coll, "colour")
     clock = time.perf_counter
 
+    def check_intact(row: int) -> None:  # intact_rows' per-row verdict, without its lookups
+        if batches.verdict(bisect.bisect_right(batches.first, row) - 1, vectors) != 1:
+            raise SystemExit(f"row {row} fails its checksum: run `sharpclip check --repair`")
+
     def query() -> tuple[float, float, float, float]:
         t0 = clock()
-        reading = coll.reading()  # the read transaction, with the snapshot pinned for the query
-        reading.__enter__()
-        assert coll.snapshot().generation == snap.generation  # the one generation check
-        row = int(items.rows[items.find(like)])
-        assert snap.file.stat().st_size >= snap.rows * snap.dim * 4
-        assert batches.verdict(bisect.bisect_right(batches.first, row) - 1, vectors) == 1
-        q = np.array(vectors[row])
-        Ws, columns = condition_gallery(coll, "colour")
-        t1 = clock()
-        projected = project(q[None], Ws[0])
-        t2 = clock()
-        scores, rows = exact_topk(columns, projected, k, valid=mask, transposed=True)
-        t3 = clock()
-        scores, rows = scores[0], rows[0]
-        for r in rows.tolist():
-            assert batches.verdict(bisect.bisect_right(batches.first, r) - 1, vectors) == 1
-        ids = items.ids[np.searchsorted(items.rows, rows)]
-        paths = items.paths_by_id(ids)
-        hits = [Hit(paths[i], s, i, {"condition": round(s, 6)})
-                for i, s in zip(ids.tolist(), scores.tolist())]
-        reading.__exit__(None, None, None)
+        with coll.reading():  # the read transaction, the snapshot pinned for the query
+            if coll.snapshot().generation != snap.generation:  # the one generation check
+                raise SystemExit("the collection changed during the run")
+            row = int(items.rows[items.find(like)])
+            if snap.file.stat().st_size < snap.rows * snap.dim * 4:
+                raise SystemExit(f"{snap.file} is shorter than its committed rows")
+            check_intact(row)
+            q = np.array(vectors[row])
+            Ws, columns = condition_gallery(coll, "colour")
+            t1 = clock()
+            projected = project(q[None], Ws[0])
+            t2 = clock()
+            scores, rows = exact_topk(columns, projected, k, valid=mask, transposed=True)
+            t3 = clock()
+            scores, rows = scores[0], rows[0]
+            for r in rows.tolist():
+                check_intact(r)
+            ids = items.ids[np.searchsorted(items.rows, rows)]
+            paths = items.paths_by_id(ids)
+            hits = [Hit(paths[i], s, i, {"condition": round(s, 6)})
+                    for i, s in zip(ids.tolist(), scores.tolist())]
         SearchResult(hits, {"like": like, "condition": "colour", "k": k}, {})
         t4 = clock()
         return t1 - t0, t2 - t1, t3 - t2, t4 - t3
