@@ -4,6 +4,7 @@ sharpclip (its ``src`` folder put first on ``PYTHONPATH``), runs interleaved.
 
     python benchmarks/collection_search.py --n 1000000 --collection /tmp/c1m   # makes one
     python benchmarks/cli_at_scale.py --collection /tmp/c1m [--runs 5] [--compare OLD/src]
+        [--compare-collection COPY]   # COPY: what OLD searches, when it cannot read /tmp/c1m
 
 ``--like`` defaults to ``/synthetic/5.jpg``, an item of the collections that
 ``collection_search.py`` makes. One warm-up process per command first (it fills what a
@@ -41,24 +42,34 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--compare", default=None,
                         help="another checkout's src folder, timed in turn with this one")
+    parser.add_argument("--compare-collection", default=None,
+                        help="the collection the other checkout searches (default: the same); "
+                        "a copy, when its files are of a format the other version cannot read")
     args = parser.parse_args()
-    like = [sys.executable, "-m", "sharpclip.cli", "search", "--like", args.like, "-c",
-            args.collection, "-k", "10"]
-    commands = {"like": like, "like_condition": [*like, "--condition", "colour"]}
-    checkouts = {"this": None, **({"compare": args.compare} if args.compare else {})}
+
+    def commands_for(collection: str) -> dict[str, list[str]]:
+        like = [sys.executable, "-m", "sharpclip.cli", "search", "--like", args.like, "-c",
+                collection, "-k", "10"]
+        return {"like": like, "like_condition": [*like, "--condition", "colour"]}
+
+    checkouts = {"this": (None, commands_for(args.collection))}
+    if args.compare:
+        checkouts["compare"] = (args.compare,
+                                commands_for(args.compare_collection or args.collection))
     cpu: dict[str, list[float]] = {}
     peak: dict[str, list[float]] = {}
-    for path in checkouts.values():
+    for path, commands in checkouts.values():
         for command in commands.values():
             _run(command, path)  # warm-up
     for _ in range(args.runs):
-        for checkout, path in checkouts.items():
+        for checkout, (path, commands) in checkouts.items():
             for name, command in commands.items():
                 seconds, rss = _run(command, path)
                 cpu.setdefault(f"{checkout}:{name}", []).append(seconds)
                 peak.setdefault(f"{checkout}:{name}", []).append(rss)
     print(json.dumps({
         "collection": args.collection, "compare": args.compare,
+        "compare_collection": args.compare_collection,
         "runs": {k: [round(v, 3) for v in vs] for k, vs in cpu.items()},
         "median_cpu_s": {k: round(statistics.median(vs), 3) for k, vs in cpu.items()},
         "median_peak_rss_mib": {k: round(statistics.median(vs)) for k, vs in peak.items()},

@@ -14,7 +14,8 @@ from sharpclip.collection import Collection
 from sharpclip.data import shapes
 from sharpclip.ingest import IndexConfig
 from sharpclip.store.collection import ItemUpdate
-from sharpclip.store.search_index import SearchConfig
+from sharpclip.store.search_index import FORMAT_VERSION, AnnIndex, SearchConfig
+from test_search_index import legacy_file
 
 INLINE = IndexConfig(workers=0, batch_size=16, progress=False)
 
@@ -177,6 +178,30 @@ def test_searches_read_the_writers_index_and_make_up_for_its_lag(tmp_path, model
         index, fresh = reopened.backend.reader_index(*reopened.read_vectors())
         assert fresh.size == 0 and len(index) == 60
         np.testing.assert_array_equal(reopened.nearest(queries, 10, config=ann)[1], rows)
+
+
+def test_an_index_of_an_older_format_is_written_again_by_the_next_sync(tmp_path, model):
+    """An index saved before format 3 (its graph after the header, so readers cannot map it)
+    is rewritten by the writer's next sync even when nothing changed; readers then map it."""
+    rng = np.random.default_rng(4)
+    ann = SearchConfig(ann_threshold=1)
+    queries = unit_vectors(rng, 5, model.dim)
+    coll = Collection.create(tmp_path / "c.sc", model)
+    commit_synthetic(coll, [f"a{i}" for i in range(60)], unit_vectors(rng, 60, model.dim))
+    with coll.writing():
+        assert coll.sync_index(ann)
+    file = coll.path / "index" / "image.faiss"
+    legacy_file(AnnIndex.load(file), file, 2)
+    with Collection.open(coll.path) as reader:  # an old file still serves searches
+        before = reader.nearest(queries, 10, config=ann)[1]
+        assert reader.backend.reader_index(*reader.read_vectors())[0].format_version_ == 2
+    with coll.writing():
+        assert coll.sync_index(ann)  # nothing new, but the file is of an older format
+        assert not coll.sync_index(ann)
+    assert AnnIndex.load(file).format_version_ == FORMAT_VERSION
+    with Collection.open(coll.path) as reader:
+        np.testing.assert_array_equal(reader.nearest(queries, 10, config=ann)[1], before)
+        np.testing.assert_array_equal(before, coll.nearest(queries, 10, exact=True)[1])
 
 
 def test_an_index_built_with_other_graph_settings_is_rebuilt_on_its_next_sync(tmp_path, model,

@@ -313,27 +313,82 @@ def test_save_load_round_trip(data, tmp_path, codec):
         AnnIndex.load(tmp_path / "junk")
 
 
-def test_an_index_file_of_format_1_loads_as_a_flat_graph(data, tmp_path):
-    """Files written before codecs and tuning existed (format 1) keep working."""
+def legacy_file(index: AnnIndex, path, version: int) -> None:
+    """``index`` in the layout of formats 1-2 (written before format 3): a magic line, the
+    header's length and the header, ``rows_`` and ``deleted_`` as .npy, then faiss's bytes."""
+    header = {"format_version": version, "kind": f"hnsw_{index.config.codec}_ip",
+              "dim": index.dim, "config": dict(index.config.__dict__), "tuning": index.tuning_,
+              "faiss_version": faiss.__version__, "n": len(index.rows_), "has_index": True}
+    if version == 1:  # before codecs and tuning existed
+        for key in ("codec", "train_rows"):
+            del header["config"][key]
+        del header["tuning"]
+    encoded = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(b"SHARPCLIP-ANN\n" + len(encoded).to_bytes(8, "little") + encoded)
+        np.save(f, index.rows_)
+        np.save(f, index.deleted_)
+        f.write(faiss.serialize_index(index.index_).tobytes())
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("mmap", [False, True])
+def test_index_files_of_older_formats_keep_working(data, tmp_path, version, mmap):
+    """Files of formats 1 (a flat graph, no tuning) and 2 (the graph after the header) load,
+    mapped or not (they cannot be mapped: read into memory), and search as they were saved."""
     vectors, queries = data
     index = AnnIndex.build(vectors, np.arange(len(vectors)), SearchConfig(codec="flat"),
                            progress=False)
-    index.save(tmp_path / "new.index")
-    raw = (tmp_path / "new.index").read_bytes()
-    start = len(b"SHARPCLIP-ANN\n")
-    size = int.from_bytes(raw[start:start + 8], "little")
-    header = json.loads(raw[start + 8:start + 8 + size])
-    for key in ("codec", "train_rows"):
-        del header["config"][key]
-    del header["tuning"]
-    header["format_version"] = 1
-    old = json.dumps(header).encode()
-    (tmp_path / "old.index").write_bytes(raw[:start] + len(old).to_bytes(8, "little") + old
-                                         + raw[start + 8 + size:])
-    loaded = AnnIndex.load(tmp_path / "old.index")
-    assert loaded.config.codec == "flat" and loaded.tuning_ is None
-    assert loaded.ef_search_ == SearchConfig().ef_search
-    np.testing.assert_array_equal(loaded.search(queries, 10)[1], index.search(queries, 10)[1])
+    index.remove([4, 9])
+    index.tuning_ = {"ef_search": 48, "recall": 0.97, "target": 0.95}
+    legacy_file(index, tmp_path / "old.index", version)
+    loaded = AnnIndex.load(tmp_path / "old.index", mmap=mmap)
+    assert loaded.config.codec == "flat" and loaded.format_version_ == version
+    assert loaded.tuning_ == (None if version == 1 else index.tuning_)
+    np.testing.assert_array_equal(loaded.deleted_, index.deleted_)
+    for got, want in zip(loaded.search(queries, 10, ef_search=64),
+                         index.search(queries, 10, ef_search=64)):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_a_mapped_index_searches_as_the_saved_one_and_outlives_its_file(data, tmp_path, codec):
+    """``load(mmap=True)`` maps the graph from the file (no copy in the heap): it answers
+    exactly as the saved index, masks removals, and keeps answering after a writer replaced
+    the file (the mapping holds the old one) or another process removed it."""
+    vectors, queries = data
+    index = AnnIndex.build(vectors, np.arange(len(vectors)), SearchConfig(codec=codec),
+                           progress=False)
+    path = tmp_path / "ann.index"
+    index.save(path)
+    mapped = AnnIndex.load(path, mmap=True)
+    want = index.search(queries, 10, vectors=vectors)
+    for got, expected in zip(mapped.search(queries, 10, vectors=vectors), want):
+        np.testing.assert_array_equal(got, expected)
+    AnnIndex.build(vectors[::-1].copy(), np.arange(len(vectors)), SearchConfig(codec=codec),
+                   progress=False).save(path)  # the writer's next save
+    path.unlink()
+    for got, expected in zip(mapped.search(queries, 10, vectors=vectors), want):
+        np.testing.assert_array_equal(got, expected)
+    gone = want[1][:, :3].ravel()
+    mapped.remove(gone)
+    assert not np.isin(mapped.search(queries, 10, vectors=vectors)[1], gone).any()
+
+
+def test_damaged_index_files_are_refused_with_the_fix(data, tmp_path):
+    vectors, _ = data
+    index = AnnIndex.build(vectors, np.arange(len(vectors)), progress=False)
+    index.save(tmp_path / "good.index")
+    raw = (tmp_path / "good.index").read_bytes()
+    cases = {"cut.index": raw[:-5],  # the magic line torn off
+             "short.index": raw[:len(raw) // 2] + raw[-22:],  # the graph cut, the tail kept
+             "huge.index": raw[:-22] + (1 << 40).to_bytes(8, "little") + raw[-14:],
+             "garbled.index": b"\xff" * 64 + raw[64:]}  # the graph's own header overwritten
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+        for mmap in (False, True):
+            with pytest.raises(ValueError, match="rebuild the index"):
+                AnnIndex.load(tmp_path / name, mmap=mmap)
 
 
 def test_policy_and_config():

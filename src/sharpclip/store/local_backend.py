@@ -3,7 +3,9 @@ vector files (``COLL/vectors/*.f32``, ``COLL/index/*.faiss``).
 
 The catalog (``store.collection``) decides *what* is live and hands this backend a snapshot and its
 vectors; the backend answers top-k queries over them and keeps the index file in step. Readers
-never write the index: the writer (``sync``, under the collection's lock) does.
+never write the index: the writer (``sync``, under the collection's lock) does. Readers map the
+index's graph from its file (the OS pages it, and processes share it); the writer reads it into
+memory to grow it, and replaces the file atomically, so a reader's mapping stays whole.
 
 An index is tied to one vector file (a ``compact`` makes a new file, and so a new index), and it
 is used only when it was built from that file's vectors (checked on a sample of rows). Rows
@@ -19,7 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from sharpclip.store.search_index import AnnIndex, SearchConfig, exact_topk, merge_topk
+from sharpclip.store.search_index import (
+    FORMAT_VERSION,
+    AnnIndex,
+    SearchConfig,
+    exact_topk,
+    merge_topk,
+)
 from sharpclip.store.tuning import DEFAULT_RECALL, add_tuned
 
 logger = logging.getLogger(__name__)
@@ -40,10 +48,12 @@ def index_matches(index: AnnIndex, vectors: np.ndarray, sample: int = 16) -> boo
     return index.stores(picked, np.asarray(vectors[index.rows_[picked]]))
 
 
-def load_index_for(file: Path, vectors: np.ndarray, sample: int = 16) -> AnnIndex:
+def load_index_for(file: Path, vectors: np.ndarray, sample: int = 16,
+                   mmap: bool = False) -> AnnIndex:
     """The ANN index saved at ``file``, if it was built from ``vectors`` (checked on ``sample``
-    rows, see :func:`index_matches`); else ValueError."""
-    index = AnnIndex.load(file)
+    rows, see :func:`index_matches`); else ValueError. ``mmap``: its graph mapped from the file
+    (for searching only, see :meth:`AnnIndex.load`)."""
+    index = AnnIndex.load(file, mmap=mmap)
     if not index_matches(index, vectors, sample):
         raise ValueError("it was not built from this vector file (its vectors differ)")
     return index
@@ -108,7 +118,7 @@ class LocalBackend:
             index = cached[2]  # the same file: removals masked in memory so far still hold
         else:
             try:
-                index = load_index_for(file, vectors)
+                index = load_index_for(file, vectors, mmap=True)  # paged by the OS, shared
             except (OSError, ValueError, RuntimeError) as error:
                 self._warn_once(f"bad-index-{stamp}", f"{file}: unusable ANN index ({error}); "
                                 f"searching exactly; `sharpclip check -c {self.path} --repair` "
@@ -151,8 +161,8 @@ class LocalBackend:
             indexed = index.rows_[~index.deleted_]
             stale = np.setdiff1d(indexed, live, assume_unique=True)
             fresh = np.setdiff1d(live, indexed, assume_unique=True)
-            if not stale.size and not fresh.size:
-                return False
+            if not stale.size and not fresh.size and index.format_version_ == FORMAT_VERSION:
+                return False  # (a file of an older format is written again: readers map it)
             index.remove(stale)
             if fresh.size > 0.1 * tuned["vectors"]:
                 add_tuned(index, vectors, fresh, target, progress)

@@ -54,7 +54,7 @@ _SCORE_BLOCK_BYTES = 64 * 2**20
 _NO_ROW = np.iinfo(np.int64).max  # initial fill of the running top-k; sorts after real rows
 
 _MAGIC = b"SHARPCLIP-ANN\n"
-_FORMAT_VERSION = 2  # 2: the codec (flat / sq8 / fp16) and the tuned search breadth
+FORMAT_VERSION = 3  # 2: the codec and the tuned search breadth; 3: the graph first (mappable)
 
 # How the graph stores its vectors: faiss's own float32 copy, or scalar-quantised codes
 # (searched approximately, then re-ranked exactly from the collection's float32 vectors).
@@ -381,6 +381,7 @@ class AnnIndex:
         self.rows_ = np.empty(0, np.int64)
         self.deleted_ = np.empty(0, np.bool_)
         self.tuning_: dict | None = None
+        self.format_version_ = FORMAT_VERSION  # of the file it was loaded from
         # (live rows, packed bitmap of live faiss ids or None when none is removed): computed
         # once per change of the deletion mask, not per query (a 1M mask is ~40 us to count)
         self._live: tuple[int, np.ndarray | None] | None = None
@@ -564,26 +565,29 @@ class AnnIndex:
     def save(self, path: str | os.PathLike) -> None:
         """Write to ``path`` atomically (a temporary file in the same folder, then ``os.replace``).
 
-        Layout: a magic line, an 8-byte header length, a JSON header (format version, dim,
-        config, faiss version), ``rows_`` and ``deleted_`` as ``.npy``, then the faiss index.
+        Layout (format 3): faiss's own serialisation of the graph from byte 0 (so that
+        :meth:`load` can have faiss map it in place), ``rows_`` and ``deleted_`` as ``.npy``, a
+        JSON header (format version, dim, config, tuning, faiss version, where the arrays start),
+        its length in 8 bytes, and a magic line last.
         """
         path = Path(path)
-        header = json.dumps({
-            "format_version": _FORMAT_VERSION, "kind": f"hnsw_{self.config.codec}_ip",
-            "dim": self.dim, "config": asdict(self.config), "tuning": self.tuning_,
-            "faiss_version": faiss.__version__, "n": len(self.rows_),
-            "has_index": self.index_ is not None,
-        }).encode()
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
             with open(tmp, "wb") as f:
-                f.write(_MAGIC + len(header).to_bytes(8, "little") + header)
-                np.save(f, self.rows_, allow_pickle=False)
-                np.save(f, self.deleted_, allow_pickle=False)
                 if self.index_ is not None:
                     writer = faiss.PyCallbackIOWriter(f.write)
                     faiss.write_index(self.index_, writer)
                     del writer
+                arrays_at = f.tell()
+                np.save(f, self.rows_, allow_pickle=False)
+                np.save(f, self.deleted_, allow_pickle=False)
+                header = json.dumps({
+                    "format_version": FORMAT_VERSION, "kind": f"hnsw_{self.config.codec}_ip",
+                    "dim": self.dim, "config": asdict(self.config), "tuning": self.tuning_,
+                    "faiss_version": faiss.__version__, "n": len(self.rows_),
+                    "has_index": self.index_ is not None, "arrays_at": arrays_at,
+                }).encode()
+                f.write(header + len(header).to_bytes(8, "little") + _MAGIC)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -592,35 +596,79 @@ class AnnIndex:
             raise
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> AnnIndex:
-        """Read an index written by ``save``; refuses other files and newer formats."""
+    def load(cls, path: str | os.PathLike, mmap: bool = False) -> AnnIndex:
+        """Read an index written by ``save``; refuses other files and newer formats.
+
+        ``mmap`` maps the graph from the file instead of reading it into memory (a reader's
+        choice: the OS pages it and shares it between processes, and opening a 400 MB index
+        takes milliseconds); such an index is searched and masked (``remove``) but not grown.
+        Files of formats 1-2 (the graph after the header) are read into memory.
+        """
         path = Path(path)
         with open(path, "rb") as f:
-            if f.read(len(_MAGIC)) != _MAGIC:
+            if f.read(len(_MAGIC)) == _MAGIC:  # formats 1-2: magic, header, arrays, graph
+                header = _read_header(f, path, int.from_bytes(f.read(8), "little"))
+                return cls._from_file(f, header, path, lambda: faiss.read_index(
+                    faiss.PyCallbackIOReader(f.read)))
+            size = f.seek(0, os.SEEK_END)
+            tail = len(_MAGIC) + 8
+            f.seek(max(0, size - tail))
+            end = f.read(tail)
+            if len(end) < tail or end[8:] != _MAGIC:
                 raise ValueError(f"{path} is not a sharpclip ANN index file; rebuild the index")
-            try:
-                header = json.loads(f.read(min(int.from_bytes(f.read(8), "little"), 1 << 20)))
-            except ValueError:
-                raise ValueError(f"{path} has a damaged header; rebuild the index") from None
-            if header.get("format_version", 0) > _FORMAT_VERSION:
-                raise ValueError(f"{path} has index format {header['format_version']}, newer than "
-                                 f"this sharpclip reads ({_FORMAT_VERSION}); upgrade sharpclip "
-                                 "or rebuild the index")
-            try:
-                codec = header["kind"].removeprefix("hnsw_").removesuffix("_ip")  # v1: flat
-                config = SearchConfig(**{**header["config"], "codec": codec})
-                index = cls(header["dim"], config)
-                index.tuning_ = header.get("tuning")
-                index.rows_ = np.load(f, allow_pickle=False)
-                index.deleted_ = np.load(f, allow_pickle=False)
-                if header["has_index"]:
-                    reader = faiss.PyCallbackIOReader(f.read)
-                    index.index_ = faiss.read_index(reader)
-                    del reader
-            except (KeyError, TypeError, ValueError, RuntimeError, EOFError) as error:
-                raise ValueError(f"{path} is damaged ({type(error).__name__}); rebuild the "
-                                 "index") from None
+            length = int.from_bytes(end[:8], "little")
+            if length > size - tail:
+                raise ValueError(f"{path} has a damaged header; rebuild the index")
+            f.seek(size - tail - length)
+            header = _read_header(f, path, length)
+            # faiss opens the file by name: this one (held open), even if replaced meanwhile
+            same_file = f"/proc/self/fd/{f.fileno()}"
+            name = same_file if os.path.exists(same_file) else str(path)
+            flags = getattr(faiss, "IO_FLAG_MMAP_IFC", 0) if mmap else 0  # faiss >= 1.10
+
+            def read_graph():
+                try:
+                    return faiss.read_index(name, flags)
+                except RuntimeError:
+                    if not flags:
+                        raise
+                    return faiss.read_index(name)  # a file system that cannot map it
+            return cls._from_file(f, header, path, read_graph, arrays_at=header.get("arrays_at"))
+
+    @classmethod
+    def _from_file(cls, f, header: dict, path: Path, read_graph, arrays_at=None) -> AnnIndex:
+        """The index ``header`` describes: its arrays read from ``f`` (at ``arrays_at``, else
+        where ``f`` stands), its graph by ``read_graph``."""
+        try:
+            codec = header["kind"].removeprefix("hnsw_").removesuffix("_ip")  # v1: flat
+            config = SearchConfig(**{**header["config"], "codec": codec})
+            index = cls(header["dim"], config)
+            index.tuning_ = header.get("tuning")
+            index.format_version_ = int(header.get("format_version", 1))
+            if arrays_at is not None:
+                f.seek(int(arrays_at))
+            index.rows_ = np.load(f, allow_pickle=False)
+            index.deleted_ = np.load(f, allow_pickle=False)
+            if header["has_index"]:
+                index.index_ = read_graph()
+        except (KeyError, TypeError, ValueError, RuntimeError, EOFError) as error:
+            raise ValueError(f"{path} is damaged ({type(error).__name__}); rebuild the "
+                             "index") from None
         if index.index_ is not None and index.index_.ntotal != len(index.rows_):
             raise ValueError(f"{path} is inconsistent ({index.index_.ntotal} vectors, "
                              f"{len(index.rows_)} rows); rebuild the index")
         return index
+
+
+def _read_header(f, path: Path, length: int) -> dict:
+    """The JSON header of ``length`` bytes where ``f`` stands; refuses newer formats."""
+    try:
+        header = json.loads(f.read(min(length, 1 << 20)))
+        newer = header.get("format_version", 0) > FORMAT_VERSION
+    except (ValueError, AttributeError, TypeError):  # not JSON, not an object, not a number
+        raise ValueError(f"{path} has a damaged header; rebuild the index") from None
+    if newer:
+        raise ValueError(f"{path} has index format {header['format_version']}, newer than "
+                         f"this sharpclip reads ({FORMAT_VERSION}); upgrade sharpclip "
+                         "or rebuild the index")
+    return header
