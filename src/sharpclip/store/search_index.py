@@ -20,7 +20,8 @@ The graph holds 8-bit codes of the vectors by default (``SearchConfig.codec``): 
 copy's memory on top of the collection's memory-mapped file (799 against ~2,430 B/vector at
 d=512, ``benchmarks/peers.py``); its beam is re-ranked exactly from the float32 vectors, so scores
 and order are exact for the candidates it finds. Its search breadth is tuned per collection
-(``store.tuning``).
+(``store.tuning``). A reader maps the saved graph from its file (``AnnIndex.load(mmap=True)``):
+then its heap holds ~21 B/vector of it and the OS pages the rest.
 
 Example::
 
