@@ -148,6 +148,28 @@ def test_damaged_ann_index_is_skipped_by_search_and_rebuilt(tmp_path, model, dam
     assert repaired.index_rebuilt and repaired.after.clean
 
 
+def test_an_index_cut_in_place_under_a_reader_that_maps_it_is_dropped_not_touched(
+        tmp_path, model, monkeypatch, caplog):
+    """A reader maps the index's graph. Truncating the file in place (same inode: the pages
+    behind the mapping gone) is seen by the next search's check of the file, before the mapping
+    is touched: that search scans exactly and warns, and does not crash."""
+    monkeypatch.setattr("sharpclip.store.collection.SearchConfig",
+                        lambda: SearchConfig(ann_threshold=4))
+    paths = write_scenes(tmp_path / "in", 10, seed=42)
+    with Collection.create(tmp_path / "c.sc", model) as coll:
+        coll.add([tmp_path / "in"], config=INLINE)
+    index_file = tmp_path / "c.sc" / "index" / "image.faiss"
+    with Collection.open(tmp_path / "c.sc") as coll:
+        assert coll.search(image=paths[0], k=1).query["mode"] == "ann"
+        with open(index_file, "r+b") as f:
+            f.truncate(index_file.stat().st_size // 3)
+        with caplog.at_level("WARNING"):
+            for path in paths:
+                result = coll.search(image=path, k=1)
+                assert result.query["mode"] == "exact" and result.hits[0].path == str(path)
+    assert "unusable ANN index" in caplog.text
+
+
 def test_damaged_cache_is_reported_and_deleted(indexed, model):
     coll_path, paths = indexed
     with Collection.open(coll_path, model) as coll:

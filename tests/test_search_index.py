@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import faiss
 import numpy as np
@@ -373,6 +374,28 @@ def test_a_mapped_index_searches_as_the_saved_one_and_outlives_its_file(data, tm
     gone = want[1][:, :3].ravel()
     mapped.remove(gone)
     assert not np.isin(mapped.search(queries, 10, vectors=vectors)[1], gone).any()
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_load_reads_the_graph_of_the_file_it_opened(data, tmp_path, monkeypatch, mmap):
+    """faiss opens the index by name after the header was read: a writer's save landing in
+    between (``os.replace``) must not pair one file's header with the other's graph."""
+    vectors, queries = data
+    first = AnnIndex.build(vectors, np.arange(len(vectors)), progress=False)
+    second = AnnIndex.build(vectors[:100], np.arange(100), progress=False)
+    path, other = tmp_path / "ann.index", tmp_path / "other.index"
+    first.save(path)
+    second.save(other)
+    read_index = faiss.read_index
+
+    def after_a_save(*args):
+        os.replace(other, path)
+        return read_index(*args)
+
+    monkeypatch.setattr(faiss, "read_index", after_a_save)
+    loaded = AnnIndex.load(path, mmap=mmap)
+    assert not other.exists() and loaded.index_.ntotal == len(loaded.rows_) == len(vectors)
+    np.testing.assert_array_equal(loaded.search(queries, 10)[1], first.search(queries, 10)[1])
 
 
 def test_damaged_index_files_are_refused_with_the_fix(data, tmp_path):

@@ -623,8 +623,8 @@ class AnnIndex:
             f.seek(size - tail - length)
             header = _read_header(f, path, length)
             # faiss opens the file by name: this one (held open), even if replaced meanwhile
-            same_file = f"/proc/self/fd/{f.fileno()}"
-            name = same_file if os.path.exists(same_file) else str(path)
+            name = next((n for n in (f"/proc/self/fd/{f.fileno()}", f"/dev/fd/{f.fileno()}")
+                         if os.path.exists(n)), str(path))
             flags = getattr(faiss, "IO_FLAG_MMAP_IFC", 0) if mmap else 0  # faiss >= 1.10
 
             def read_graph():
