@@ -106,6 +106,50 @@ def test_new_content_and_failure_drop_an_items_other_sets_removal_cascades(tmp_p
         assert coll._db.execute("SELECT COUNT(*) FROM item_vectors").fetchone() == (0,)
 
 
+def test_each_change_to_a_multi_vector_set_is_seen_and_a_new_process_loads_its_cache(
+        tmp_path, model):
+    """A set's live rows (and their items) are read from the catalog once per generation and
+    cached (``cache/live-regions.npy``): the writer's process and a fresh one see every
+    change, and the fresh one runs no catalog join for them."""
+    dim, rng = model.dim, np.random.default_rng(5)
+    path = tmp_path / "c.sc"
+    coll = Collection.create(path, model)
+
+    def commit(names, parts):
+        image = rng.standard_normal((len(names), dim))
+        coll.commit([ItemUpdate(f"/x/{n}.png", f"{n}{rng.integers(1 << 30)}", 1, 1, vector_index=i,
+                                set_rows=((REGIONS_SET, 3 * i, parts),)) for i, n in enumerate(names)],
+                    {"image": image, REGIONS_SET: rng.standard_normal((parts * len(names), dim))})
+
+    def expected():  # each live row of the set and its item, straight from the catalog
+        pairs = coll._db.execute(
+            "SELECT v.start, v.count, v.item_id FROM item_vectors v JOIN items i ON i.id = "
+            "v.item_id WHERE v.vector_set = ? AND i.status = 'ok'", (REGIONS_SET,)).fetchall()
+        return sorted((start + j, item) for start, count, item in pairs for j in range(count))
+
+    def seen(c):
+        snap = c.snapshot(REGIONS_SET)
+        return list(zip(snap.live_rows.tolist(), snap.live_ids.tolist()))
+
+    with coll.writing():
+        coll.add_vector_set(REGIONS_SET, dim, {"grid": GRID.spec})
+    steps = [lambda: commit("abcd", 3), lambda: coll.remove(["/x/b.png"]),
+             lambda: commit("ae", 3),  # new content for a: new rows, its old ones orphaned
+             lambda: coll.commit([ItemUpdate("/x/c.png", None, 1, 1, status="error",
+                                             reason="not_an_image")]),
+             lambda: compact(coll)]
+    for step in steps:
+        with coll.writing():
+            step()
+        assert seen(coll) == expected() != []
+        joins = []
+        with Collection.open(path, model) as fresh:
+            fresh._db.set_trace_callback(lambda s: joins.append(s) if "JOIN" in s else None)
+            assert seen(fresh) == expected()
+        assert joins == []
+    coll.close()
+
+
 def test_index_regions_adds_the_set_without_re_embedding_images(tmp_path, model):
     folder = tmp_path / "in"
     paths = write_scenes(folder, 6, seed=61)

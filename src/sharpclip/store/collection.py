@@ -200,6 +200,7 @@ def surviving_rows(batch_ends: Sequence[int], present: int) -> int:
 
 
 _FEW_ROWS = 64  # up to this many rows, intact_rows checks row by row in Python
+RUNS_FORMAT = 1  # part of the stamp of a vector set's cached live runs (``cache/live-SET.npy``)
 
 
 class _Batches:
@@ -491,11 +492,8 @@ class Collection:
                 items = self._live_items(generation, stamp)
                 live_rows, live_ids = items.rows, items.ids
             else:
-                data = db.execute(
-                    "SELECT v.start, v.count, v.item_id FROM item_vectors v JOIN items i ON "
-                    "i.id = v.item_id WHERE v.vector_set = ? AND i.status = 'ok' ORDER BY v.start",
-                    (name,))
-                runs = np.array(data.fetchall(), dtype=np.int64).reshape(-1, 3)
+                runs = self._live_runs(name, generation, f"{RUNS_FORMAT}:{self.info.created_at!r}:"
+                                       f"{meta.get('generation_id')}:{found[2]}:{found[1]}")
                 live_rows = _expand_runs(runs[:, 0], runs[:, 1])
                 live_ids = np.repeat(runs[:, 2], runs[:, 1])
         finally:
@@ -519,6 +517,22 @@ class Collection:
         ).fetchall()).pack()
         self._caches.put("live-items", stamp, packed, generation)
         return LiveItems.unpack(self._caches.get("live-items", stamp, generation))  # the kept copy
+
+    def _live_runs(self, name: str, generation: int, stamp: str) -> np.ndarray:
+        """(start, count, item id) of each live item's rows in set ``name``, by start, for
+        ``generation`` (inside the snapshot's read transaction): from the cache when it holds
+        them for this generation and ``stamp`` (as :meth:`_live_items`), else read from the
+        catalog (one join over the set's rows: ~0.07 s at 100k items) and cached."""
+        cached = self._caches.get(f"live-{name}", stamp, generation)
+        if cached is not None and cached.dtype == np.int64 and cached.ndim == 2 \
+                and cached.shape[1] == 3:
+            return cached
+        runs = np.array(self._db.execute(
+            "SELECT v.start, v.count, v.item_id FROM item_vectors v JOIN items i ON "
+            "i.id = v.item_id WHERE v.vector_set = ? AND i.status = 'ok' ORDER BY v.start",
+            (name,)).fetchall(), dtype=np.int64).reshape(-1, 3)
+        self._caches.put(f"live-{name}", stamp, runs, generation)
+        return runs
 
     def _no_set_message(self, name: str) -> str:
         if name in (REGIONS_SET, CALIBRATED_SET):
