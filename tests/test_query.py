@@ -17,8 +17,10 @@ from sharpclip.data import shapes
 from sharpclip.data.imagefiles import load_rgb
 from sharpclip.data.regions import RegionGrid, region_crops
 from sharpclip.ingest import IndexConfig
+from sharpclip.methods.conditional import project
 from sharpclip.methods.parts import PartsConfig
 from sharpclip.methods.steering import SteerConfig
+from sharpclip.query.condition import condition_projection
 from sharpclip.query.gallery import ArrayGallery, CollectionGallery
 from sharpclip.query.pipeline import (
     Candidates,
@@ -71,6 +73,14 @@ def test_both_galleries_answer_alike(indexed, model):
         assert o1.tolist() == o2.tolist() == np.repeat([0, 1, 2], len(GRID)).tolist()
         assert b1.tolist() == b2.tolist()
         assert disk.computed_on_demand == 0
+        W, _ = condition_projection(coll, "colour")  # under a condition: the same subspace
+        by_colour = ArrayGallery(array.vectors(range(len(paths))),
+                                 conditions={"colour": (W, project(array.vectors(range(len(paths))), W))})
+        like = array.vectors([4])[0]
+        s1, i1 = by_colour.nearest(like, 6, condition="colour")
+        s2, i2 = disk.nearest(like, 6, condition="colour")
+        assert [id_of[int(i)] for i in i2] == i1.tolist() and i1[0] == 4
+        np.testing.assert_allclose(s1, s2, atol=1e-5)
 
 
 def test_regions_on_demand_equal_stored_ones(indexed, model, tmp_path):
