@@ -300,7 +300,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
                f"vectors: {tuned['recall']:.3f}{bound}{'' if tuned['met'] else unmet}"
                if tuned else "default, not tuned")
         print(f"ANN index: HNSW M={ann['hnsw_m']} {ann['codec']}, {ann['bytes_per_vector']} B/vector "
-              f"in memory; efSearch {ann['ef_search']} ({how})")
+              f"(memory-mapped by searches); efSearch {ann['ef_search']} ({how})")
     if status["ann_index"] is False:
         print(f"no ANN index: searches scan exactly; `sharpclip check -c {args.collection} "
               "--repair` builds it")
