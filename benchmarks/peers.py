@@ -20,7 +20,9 @@ Rust thread pools and cannot be told); build time on all cores; RAM = growth of 
 anonymous memory (``RssAnon``, which leaves out memory-mapped files; freed memory is returned
 with ``malloc_trim`` first) from before the build to after a warm-up search, per vector; disk =
 the bytes the engine needs on disk to answer (for sharpclip the vector file plus the index file),
-per vector.
+per vector. sharpclip's graph is searched as a collection's reader opens it: loaded from its
+saved file, memory-mapped (``--sharpclip-graph in-memory``: the index as built), so its RAM is
+the heap beside both mapped files; the others answer from memory as built.
 
 Run: python benchmarks/peers.py [--n 250000] [--dim 512] [--queries 200] [--engines ...]
      [--breadths 16 24 ...]
@@ -106,8 +108,11 @@ def sharpclip_ann(x, file, work, args):
     build = time.perf_counter() - start
     index.config = SearchConfig(**{**config.__dict__, "threads": 1})  # queries on one thread
     index.save(work / "sharpclip.faiss")
+    if args.sharpclip_graph == "mapped":  # as a collection's reader opens it
+        index = AnnIndex.load(work / "sharpclip.faiss", mmap=True)
+        index.config = SearchConfig(**{**config.__dict__, "threads": 1})
     breadths = sorted({*args.breadths, tuning["ef_search"]})
-    return Engine("sharpclip HNSW sq8 + exact re-rank",
+    return Engine(f"sharpclip HNSW sq8 + exact re-rank ({args.sharpclip_graph})",
                   lambda q, k, ef: index.search(q, k, vectors=x, ef_search=ef)[1][0], breadths,
                   label=lambda ef: f"efSearch={ef}" + (" (tuned)" if ef == tuning["ef_search"]
                                                         else ""),
@@ -298,6 +303,9 @@ def main() -> None:
                         help="the search breadths (efSearch / ef) every graph is swept over")
     parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
     parser.add_argument("--tmp", type=Path, default=None, help="scratch folder (default: /tmp)")
+    parser.add_argument("--sharpclip-graph", choices=("mapped", "in-memory"), default="mapped",
+                        help="sharpclip's graph searched as a collection's reader opens it "
+                        "(memory-mapped from the saved file, the default) or as built, in memory")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sharpclip-peers-", dir=args.tmp))
     try:
