@@ -106,11 +106,10 @@ def sharpclip_ann(x, file, work, args):
     start = time.perf_counter()
     tuning = add_tuned(index, x, np.arange(len(x)), args.target, progress=False)
     build = time.perf_counter() - start
-    index.config = SearchConfig(**{**config.__dict__, "threads": 1})  # queries on one thread
     index.save(work / "sharpclip.faiss")
     if args.sharpclip_graph == "mapped":  # as a collection's reader opens it
         index = AnnIndex.load(work / "sharpclip.faiss", mmap=True)
-        index.config = SearchConfig(**{**config.__dict__, "threads": 1})
+    index.config = SearchConfig(**{**config.__dict__, "threads": 1})  # queries on one thread
     breadths = sorted({*args.breadths, tuning["ef_search"]})
     return Engine(f"sharpclip HNSW sq8 + exact re-rank ({args.sharpclip_graph})",
                   lambda q, k, ef: index.search(q, k, vectors=x, ef_search=ef)[1][0], breadths,
