@@ -74,8 +74,8 @@ def test_both_galleries_answer_alike(indexed, model):
         assert b1.tolist() == b2.tolist()
         assert disk.computed_on_demand == 0
         W, _ = condition_projection(coll, "colour")  # under a condition: the same subspace
-        by_colour = ArrayGallery(array.vectors(range(len(paths))),
-                                 conditions={"colour": (W, project(array.vectors(range(len(paths))), W))})
+        whole = array.vectors(range(len(paths)))
+        by_colour = ArrayGallery(whole, conditions={"colour": (W, project(whole, W))})
         like = array.vectors([4])[0]
         s1, i1 = by_colour.nearest(like, 6, condition="colour")
         s2, i2 = disk.nearest(like, 6, condition="colour")

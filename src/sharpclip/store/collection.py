@@ -486,14 +486,13 @@ class Collection:
                                (name,)).fetchone()
             if found is None:
                 raise CollectionError(self._no_set_message(name))
+            # what identifies this state of the catalog, for the caches of its live rows
+            state = f"{self.info.created_at!r}:{meta.get('generation_id')}:{found[2]}:{found[1]}"
             if name == IMAGE_SET:
-                stamp = (f"{LiveItems.FORMAT}:{self.info.created_at!r}:"
-                         f"{meta.get('generation_id')}:{found[2]}:{found[1]}")
-                items = self._live_items(generation, stamp)
+                items = self._live_items(generation, f"{LiveItems.FORMAT}:{state}")
                 live_rows, live_ids = items.rows, items.ids
             else:
-                runs = self._live_runs(name, generation, f"{RUNS_FORMAT}:{self.info.created_at!r}:"
-                                       f"{meta.get('generation_id')}:{found[2]}:{found[1]}")
+                runs = self._live_runs(name, generation, f"{RUNS_FORMAT}:{state}")
                 live_rows = _expand_runs(runs[:, 0], runs[:, 1])
                 live_ids = np.repeat(runs[:, 2], runs[:, 1])
         finally:
