@@ -2,10 +2,10 @@
 
 Engines (each skipped with a note when its package is missing; ``pip install sharpclip[bench]``
 installs them all): sharpclip exact (``exact_topk`` over the float32 memmap) and ANN (``AnnIndex``,
-HNSW over 8-bit codes re-ranked exactly from the memmap, efSearch tuned by ``store.tuning`` on
-held-out vectors), numpy (``x @ q`` + ``argpartition``), faiss ``IndexFlatIP``, hnswlib, usearch
-(f32, f16, i8), chromadb (its HNSW) and LanceDB (a plain scan, and an IVF-PQ index re-ranked
-with ``refine_factor``).
+HNSW over ``--codec`` codes, fp16 by default, its best candidates re-scored exactly from the
+memmap, efSearch tuned by ``store.tuning`` on held-out vectors), numpy (``x @ q`` +
+``argpartition``), faiss ``IndexFlatIP``, hnswlib, usearch (f32, f16, i8), chromadb (its HNSW)
+and LanceDB (a plain scan, and an IVF-PQ index re-ranked with ``refine_factor``).
 
 Data: ``--n`` x ``--dim`` clustered unit vectors (``benchmarks/search.py``'s ``mixture``: 5,000
 clusters) in a float32 memmap; ``--queries`` fresh draws from the same distribution; k = 10.
@@ -100,7 +100,7 @@ def sharpclip_exact(x, file, work, args):
 
 
 def sharpclip_ann(x, file, work, args):
-    config = SearchConfig(hnsw_m=args.m, ef_construction=args.ef_construction, codec="sq8",
+    config = SearchConfig(hnsw_m=args.m, ef_construction=args.ef_construction, codec=args.codec,
                           threads=BUILD_THREADS)
     index = AnnIndex(x.shape[1], config)
     start = time.perf_counter()
@@ -111,7 +111,7 @@ def sharpclip_ann(x, file, work, args):
         index = AnnIndex.load(work / "sharpclip.faiss", mmap=True)
     index.config = SearchConfig(**{**config.__dict__, "threads": 1})  # queries on one thread
     breadths = sorted({*args.breadths, tuning["ef_search"]})
-    return Engine(f"sharpclip HNSW sq8 + exact re-rank ({args.sharpclip_graph})",
+    return Engine(f"sharpclip HNSW {args.codec} + exact re-rank ({args.sharpclip_graph})",
                   lambda q, k, ef: index.search(q, k, vectors=x, ef_search=ef)[1][0], breadths,
                   label=lambda ef: f"efSearch={ef}" + (" (tuned)" if ef == tuning["ef_search"]
                                                         else ""),
@@ -302,6 +302,8 @@ def main() -> None:
                         help="the search breadths (efSearch / ef) every graph is swept over")
     parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
     parser.add_argument("--tmp", type=Path, default=None, help="scratch folder (default: /tmp)")
+    parser.add_argument("--codec", choices=("fp16", "sq8", "flat"), default=SearchConfig.codec,
+                        help="how sharpclip's graph holds the vectors (default: sharpclip's)")
     parser.add_argument("--sharpclip-graph", choices=("mapped", "in-memory"), default="mapped",
                         help="sharpclip's graph searched as a collection's reader opens it "
                         "(memory-mapped from the saved file, the default) or as built, in memory")

@@ -6,6 +6,7 @@ import json
 from itertools import pairwise
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -206,11 +207,11 @@ def test_an_index_of_an_older_format_is_written_again_by_the_next_sync(tmp_path,
 
 def test_an_index_built_with_other_graph_settings_is_rebuilt_on_its_next_sync(tmp_path, model,
                                                                               caplog):
-    """A graph cannot be re-wired in place: an index saved with another build width or degree
-    (e.g. by a version with other defaults) is rebuilt with the wanted ones, saying why; one
-    built with them is kept."""
+    """A graph cannot be re-wired in place: an index saved with another build width, degree or
+    codec (e.g. by a version with other defaults) is rebuilt with the wanted ones, saying why;
+    one built with them is kept."""
     rng = np.random.default_rng(3)
-    old = SearchConfig(ann_threshold=1, ef_construction=40)
+    old = SearchConfig(ann_threshold=1, ef_construction=40, codec="sq8")
     new = SearchConfig(ann_threshold=1)
     coll = Collection.create(tmp_path / "c.sc", model)
     commit_synthetic(coll, [f"a{i}" for i in range(60)], unit_vectors(rng, 60, model.dim))
@@ -220,10 +221,15 @@ def test_an_index_built_with_other_graph_settings_is_rebuilt_on_its_next_sync(tm
         with caplog.at_level("INFO", logger="sharpclip.store.local_backend"):
             assert coll.sync_index(new)
         assert not coll.sync_index(new)
-    assert "efConstruction 40 -> 100" in caplog.text and "over 60 vectors" in caplog.text
+    assert "efConstruction 40 -> 100, codec sq8 -> fp16" in caplog.text
+    assert "over 60 vectors" in caplog.text
     with Collection.open(coll.path) as reopened:
         index, fresh = reopened.backend.reader_index(*reopened.read_vectors())
         assert (index.config.ef_construction, index.index_.hnsw.efConstruction) == (100, 100)
+        assert index.config.codec == "fp16"
+        storage = faiss.downcast_index(index.index_.storage)
+        assert isinstance(storage, faiss.IndexScalarQuantizer)
+        assert storage.code_size == model.dim * 2  # two bytes a dimension
         assert fresh.size == 0 and len(index) == 60
 
 

@@ -102,7 +102,7 @@ def test_the_collection_tunes_on_build_and_growth_and_keeps_its_target(tmp_path,
         assert coll.sync_index(ann, recall=0.8)
         assert not coll.sync_index(ann)  # nothing changed: the target stays 0.8
     first = coll.index_settings()
-    assert first["codec"] == "sq8" and first["tuning"]["target"] == 0.8
+    assert first["codec"] == SearchConfig().codec and first["tuning"]["target"] == 0.8
     assert first["tuning"]["vectors"] == 1500 - 150 and first["tuning"]["met"]
     commit(coll, 1500, cloud(50, model.dim, 2))  # a few more: added, not re-tuned
     with coll.writing():

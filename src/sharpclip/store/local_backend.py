@@ -61,11 +61,12 @@ def load_index_for(file: Path, vectors: np.ndarray, sample: int = 16,
 
 def _graph_change(built: SearchConfig, wanted: SearchConfig) -> str:
     """What differs between the graph an index was built with and the one ``wanted`` builds
-    (degree, build width), in words; empty when nothing does. A graph cannot be re-wired in
-    place, so an index built before a default changed is rebuilt on its next sync."""
+    (degree, build width, codec), in words; empty when nothing does. A graph cannot be re-wired
+    in place, so an index built before a default changed is rebuilt on its next sync."""
     changes = [f"{name} {old} -> {new}" for name, old, new in
                (("M", built.hnsw_m, wanted.hnsw_m),
-                ("efConstruction", built.ef_construction, wanted.ef_construction)) if old != new]
+                ("efConstruction", built.ef_construction, wanted.ef_construction),
+                ("codec", built.codec, wanted.codec)) if old != new]
     return ", ".join(changes)
 
 
@@ -133,8 +134,9 @@ class LocalBackend:
     def sync(self, snap, vectors: np.ndarray, config: SearchConfig, progress: bool = False,
              recall: float | None = None) -> bool:
         """Bring ``snap``'s saved index up to date (the writer only): build it, rebuild it when too
-        many rows were removed, the file is unusable, its codec is not ``config``'s or the
-        recall target changed, else add and mask incrementally. The search breadth is tuned to
+        many rows were removed, the file is unusable, its graph settings (degree, build width,
+        codec) are not ``config``'s or the recall target changed, else add and mask
+        incrementally. The search breadth is tuned to
         recall@10 ``recall`` (default: the index's own target, else
         :data:`~sharpclip.store.tuning.DEFAULT_RECALL`) on held-out vectors whenever it is built
         or grows by more than a tenth (:func:`~sharpclip.store.tuning.add_tuned`). Returns
@@ -153,8 +155,7 @@ class LocalBackend:
         if regraph:
             logger.info("%s: rebuilding the ANN index (%s) over %d vectors", file, regraph,
                         len(live))
-        if (index is None or regraph or index.needs_rebuild or index.config.codec != config.codec
-                or tuned.get("target") != target):
+        if index is None or regraph or index.needs_rebuild or tuned.get("target") != target:
             index = AnnIndex(vectors.shape[1], config)
             add_tuned(index, vectors, live, target, progress)
         else:

@@ -81,10 +81,14 @@ class SearchConfig:
         not tuned (``store.tuning`` picks one per collection when the index is built or grown).
         384 is the smallest measured value with recall@10 >= 0.95 at 1M rows on the synthetic
         data (0.963, p50 3.9 ms); 256 gave 0.935.
-    codec: how the graph holds the vectors: ``sq8`` (8 bits per dimension, ~1/4 of float32's
-        memory) or ``fp16``, whose approximate scores pick from the beam of ``ef_search`` the
-        best ``RERANK_POOL x k``, re-ranked exactly from the collection's float32 vectors, or
-        ``flat`` (a float32 copy: 2,048 B/vector at d=512 on top of the memory-mapped file).
+    codec: how the graph holds the vectors: ``fp16`` (half precision, 1,024 B/vector at
+        d=512), ``sq8`` (8 bits per dimension, 512 B) or ``flat`` (a float32 copy, 2,048 B).
+        Readers memory-map the graph, so the OS pages the codes as it does the vector file. The
+        graph's approximate scores pick ``RERANK_POOL[codec] x k`` of its beam of ``ef_search``,
+        re-scored exactly from the collection's float32 vectors. fp16 is the default: its scores
+        rank as float32's do, so only the k results are re-scored, and its graph was walked
+        faster than the 8-bit one (250k x 512, efSearch 32: 0.22 against 0.23-0.24 ms for the
+        walk, recall@10 0.964 against 0.960 re-ranked; docs/performance.md, 2026-12-08).
     train_rows: vectors sampled (evenly) from the first ones added to fit the scalar
         quantiser's per-dimension ranges; later vectors outside them are clipped, which only
         costs candidate quality, never a score (scores come from the float32 vectors).
@@ -100,7 +104,7 @@ class SearchConfig:
     hnsw_m: int = 32
     ef_construction: int = 100
     ef_search: int = 384
-    codec: str = "sq8"
+    codec: str = "fp16"
     train_rows: int = 100_000
     max_deleted_fraction: float = 0.2
     threads: int | None = None
@@ -165,10 +169,17 @@ def rescore(vectors: np.ndarray, queries: np.ndarray,
     return _rescored(vectors, _as_queries(queries, vectors.shape[1]), rows)
 
 
-def _rescored(vectors: np.ndarray, q: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`rescore` of checked float32 queries ``q``."""
+def _rescored(vectors: np.ndarray, q: np.ndarray, rows: np.ndarray,
+              every: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`rescore` of checked float32 queries ``q``; ``every``: whether no row is ``-1``
+    (found out when None)."""
+    if every is None:
+        every = not rows.size or bool(rows.min() >= 0)
+    if every and len(q) == 1:  # one query (a search's usual case): ~2.6 us less than below
+        exact = np.asarray(vectors)[rows[0]] @ q[0]
+        order = np.lexsort((rows[0], -exact))
+        return exact[order][None].astype(np.float32, copy=False), rows[0][order][None]
     found = rows >= 0
-    every = bool(found.all())
     # gathered through a plain view: a memmap's own __getitem__ wraps every result (~30 us)
     picked = np.asarray(vectors)[rows if every else np.where(found, rows, 0)]
     exact = np.matmul(picked, q[:, :, None])[:, :, 0]  # one gemv per query (einsum: ~10 us more)
@@ -348,10 +359,14 @@ def _faiss_threads(n: int) -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
-# Candidates re-ranked exactly per result wanted (k), the graph's best by its 8-bit scores. At 1M
-# x 512 (1,000 queries, efSearch 32-256) 4 and 2 gave the recall@10 of 16 to the third decimal,
-# 4 in 0.94x (efSearch 48) to 0.85x (128) of its time; the tuner measures with the same pool.
-RERANK_POOL = 4
+# Candidates re-ranked exactly per result wanted (k), the graph's best by its own scores, per
+# codec. 8-bit codes: at 1M x 512 (1,000 queries, efSearch 32-256) 4 and 2 gave the recall@10 of
+# 16 to the third decimal, 4 in 0.94x (efSearch 48) to 0.85x (128) of its time. fp16 codes rank
+# as float32 does (at 250k x 512, efSearch 24-64, 4 x k re-ranked gave the recall of k to the
+# third decimal, 2026-12-08), so only the k results are re-scored, for exact scores; likewise a
+# float32 graph, where re-scoring guards against a damaged index. The tuner measures with the
+# same pool.
+RERANK_POOL = {"sq8": 4, "fp16": 1, "flat": 1}
 _CORES = os.cpu_count() or 1
 
 
@@ -519,17 +534,28 @@ class AnnIndex:
         ef = max(ef_search or self.ef_search_, m)
         # the graph's best RERANK_POOL x k by its approximate scores are re-ranked exactly:
         # re-reading all ef rows (768 x 2 KB at 1M rows) cost more than the walk at large ef
-        pool = min(ef, RERANK_POOL * m, len(self)) if vectors is not None else m
+        pool = (min(ef, RERANK_POOL[self.config.codec] * m, len(self)) if vectors is not None
+                else m)
         kept = self._search_params(ef)  # held until faiss is done with it
-        with _faiss_threads(min(len(q), self.config.threads or _CORES)):
-            scores, ids = self.index_.search(q, pool, params=kept[1])
-        found = ids >= 0
-        rows = (self.rows_[ids] if found.all()
-                else np.where(found, self.rows_[np.where(found, ids, 0)], -1))
+        scores = np.empty((len(q), pool), np.float32)
+        ids = np.empty((len(q), pool), np.int64)
+        threads = min(len(q), self.config.threads or _CORES)
+        # faiss's own wrapper and a context manager per call cost ~5 us of a 0.2 ms search
+        call = (self.index_.search_c, len(q), faiss.swig_ptr(q), pool, faiss.swig_ptr(scores),
+                faiss.swig_ptr(ids), kept[1])  # q: checked, C-ordered
+        if faiss.omp_get_max_threads() == threads:
+            call[0](*call[1:])
+        else:
+            with _faiss_threads(threads):
+                call[0](*call[1:])
+        every = not ids.size or bool(ids.min() >= 0)
+        rows = self.rows_[ids] if every else np.where(ids >= 0, self.rows_[np.maximum(ids, 0)], -1)
         if vectors is not None:
-            scores, rows = _rescored(vectors, q, rows)
+            scores, rows = _rescored(vectors, q, rows, every)
             return scores[:, :m], rows[:, :m]
-        return np.where(found, scores, -np.inf).astype(np.float32), rows.astype(np.int64)
+        if not every:
+            scores[ids < 0] = -np.inf
+        return scores, rows
 
     def stores(self, ids: np.ndarray, vectors: np.ndarray) -> bool:
         """Whether the graph's entries ``ids`` (faiss ids) hold ``vectors`` (as its codec

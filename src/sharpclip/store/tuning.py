@@ -35,9 +35,12 @@ DEFAULT_RECALL = 0.95
 # Held-out vectors per tuning (at most a tenth of those added): 500 measure recall@10 ~0.95 to
 # about ±0.003 (one standard error; 200 gave ±0.005, the size of a step between breadths).
 TUNE_QUERIES = 500
-# Search breadths tried, smallest first; each step costs ~1.2-1.5x the previous one (finer at
-# the top, where a step is most milliseconds: at 1M rows 448 reached 0.95 in 2.65 ms, 512 3.09).
-EF_GRID = (16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 448, 512, 640, 768, 896, 1024)
+# Search breadths tried, smallest first; each step costs ~1.1-1.25x the previous one, so the
+# breadth chosen is within about a tenth of the smallest that meets the target (at 1M rows
+# efSearch 40 read 0.947 and 48 0.967 on fresh queries, 2026-12-08). Trying a breadth costs its
+# 500 queries: ~0.1 s at 1M and efSearch 48 on 2 cores.
+EF_GRID = (16, 20, 24, 28, 32, 36, 40, 44, 48, 56, 64, 72, 80, 96, 112, 128, 160, 192, 224, 256,
+           320, 384, 448, 512, 640, 768, 896, 1024)
 # How many standard errors below the measured recall the target must still be met (about 98%
 # one-sided). Without a margin the breadth that just reaches the target on the held-out queries
 # falls short on fresh ones about half the time: at 250k rows efSearch 32 read 0.952 held out and
