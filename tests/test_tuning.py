@@ -16,6 +16,7 @@ from sharpclip.store.search_index import AnnIndex, SearchConfig, exact_topk
 from sharpclip.store.tuning import (
     EF_GRID,
     add_tuned,
+    effective_trials,
     recall_at_k,
     recall_lower_bound,
     tune_ef_search,
@@ -41,6 +42,18 @@ def fresh_recall(index, vectors, queries, ef):
     return recall_at_k(index.search(queries, 10, vectors=vectors, ef_search=ef)[1], truth)
 
 
+def fresh_bound(index, vectors, queries, ef):
+    """The tuner's lower bound at ``ef``, written out: Wilson's over the per-query recalls'
+    effective number of independent trials."""
+    truth = exact_topk(vectors, queries, 10)[1]
+    found = index.search(queries, 10, vectors=vectors, ef_search=ef)[1]
+    hits = [len(set(f) & set(t)) / 10 for f, t in zip(found.tolist(), truth.tolist())]
+    p = sum(hits) / len(hits)
+    variance = sum((h - p) ** 2 for h in hits) / (len(hits) - 1)
+    trials = len(hits) * 10 / max(1.0, variance / (p * (1 - p) / 10)) if 0 < p < 1 else 10 * len(hits)
+    return recall_lower_bound(p, trials)
+
+
 def test_the_chosen_breadth_meets_the_target_on_fresh_queries(tuned):
     vectors, index, tuning = tuned
     assert tuning["met"] and tuning["recall"] >= 0.9 and tuning["queries"] == 500
@@ -61,11 +74,25 @@ def test_the_recall_lower_bound_is_wilsons():
     assert recall_lower_bound(0.95, 5000) < recall_lower_bound(0.95, 50000) < 0.95
 
 
+def test_effective_trials_count_a_query_once_when_its_neighbours_go_together():
+    # every query alike: nothing to inflate, Q * k trials
+    assert effective_trials(np.full(50, 0.9), 10) == 500
+    assert effective_trials(np.ones(6), 10) == 60 and effective_trials(np.array([]), 10) == 0
+    # all or nothing per query (p = 0.8 over 10 queries): variance 0.16 * 10 / 9 against the
+    # binomial 0.016, a design effect of 100 / 9, so 100 trials are worth 9 (Q - 1)
+    all_or_nothing = np.array([1.0] * 8 + [0.0] * 2)
+    assert effective_trials(all_or_nothing, 10) == pytest.approx(9.0)
+    # neighbours found independently (binomial per query): about Q * k
+    independent = np.random.default_rng(0).binomial(10, 0.9, 4000) / 10
+    assert effective_trials(independent, 10) == pytest.approx(40000, rel=0.1)
+    assert recall_lower_bound(0.8, effective_trials(all_or_nothing, 10)) < recall_lower_bound(0.8, 100)
+
+
 def test_the_tuner_keeps_the_first_breadth_whose_lower_bound_meets_the_target(tuned):
     vectors, index, _ = tuned
     queries = cloud(200, 48, 12)
     chosen = tune_ef_search(index, vectors, queries, 0.9)
-    bounds = {ef: recall_lower_bound(fresh_recall(index, vectors, queries, ef), 200 * 10)
+    bounds = {ef: fresh_bound(index, vectors, queries, ef)
               for ef in EF_GRID[:EF_GRID.index(chosen.ef_search) + 1]}
     assert chosen.met and bounds[chosen.ef_search] >= 0.9
     assert chosen.lower_bound == pytest.approx(bounds[chosen.ef_search])
