@@ -136,11 +136,10 @@ class LocalBackend:
         """Bring ``snap``'s saved index up to date (the writer only): build it, rebuild it when too
         many rows were removed, the file is unusable, its graph settings (degree, build width,
         codec) are not ``config``'s or the recall target changed, else add and mask
-        incrementally. The search breadth is tuned to
-        recall@10 ``recall`` (default: the index's own target, else
-        :data:`~sharpclip.store.tuning.DEFAULT_RECALL`) on held-out vectors whenever it is built
-        or grows by more than a tenth (:func:`~sharpclip.store.tuning.add_tuned`). Returns
-        whether the file was written."""
+        incrementally. The search breadth is tuned to recall@10 ``recall`` (default: the index's
+        own target, else :data:`~sharpclip.store.tuning.DEFAULT_RECALL`) on held-out vectors
+        whenever it is built or grows by more than a tenth
+        (:func:`~sharpclip.store.tuning.add_tuned`). Returns whether the file was written."""
         file = index_file_for(snap.file)
         index = None
         if file.exists():

@@ -87,8 +87,8 @@ class SearchConfig:
         graph's approximate scores pick ``RERANK_POOL[codec] x k`` of its beam of ``ef_search``,
         re-scored exactly from the collection's float32 vectors. fp16 is the default: its scores
         rank as float32's do, so only the k results are re-scored, and its graph was walked
-        faster than the 8-bit one (250k x 512, efSearch 32: 0.22 against 0.23-0.24 ms for the
-        walk, recall@10 0.964 against 0.960 re-ranked; docs/performance.md, 2026-12-08).
+        faster than the 8-bit one (250k x 512, efSearch 32: 0.213 against 0.221 ms for the
+        walk, recall@10 0.964 against 0.960 re-ranked; ``benchmarks/ann_codecs.py``, 2026-12-08).
     train_rows: vectors sampled (evenly) from the first ones added to fit the scalar
         quantiser's per-dimension ranges; later vectors outside them are clipped, which only
         costs candidate quality, never a score (scores come from the float32 vectors).
@@ -362,10 +362,10 @@ def _faiss_threads(n: int) -> Iterator[None]:
 # Candidates re-ranked exactly per result wanted (k), the graph's best by its own scores, per
 # codec. 8-bit codes: at 1M x 512 (1,000 queries, efSearch 32-256) 4 and 2 gave the recall@10 of
 # 16 to the third decimal, 4 in 0.94x (efSearch 48) to 0.85x (128) of its time. fp16 codes rank
-# as float32 does (at 250k x 512, efSearch 24-64, 4 x k re-ranked gave the recall of k to the
-# third decimal, 2026-12-08), so only the k results are re-scored, for exact scores; likewise a
-# float32 graph, where re-scoring guards against a damaged index. The tuner measures with the
-# same pool.
+# as float32 does (at 1M x 512, efSearch 32-56, 4 x k re-scored gave the recall of k to the third
+# decimal for 7-19 us more; ``benchmarks/ann_codecs.py --pools 4``, 2026-12-08), so only the k
+# results are re-scored, for exact scores; likewise a float32 graph, where re-scoring guards
+# against a damaged index. The tuner measures with the same pool.
 RERANK_POOL = {"sq8": 4, "fp16": 1, "flat": 1}
 _CORES = os.cpu_count() or 1
 
@@ -540,14 +540,15 @@ class AnnIndex:
         scores = np.empty((len(q), pool), np.float32)
         ids = np.empty((len(q), pool), np.int64)
         threads = min(len(q), self.config.threads or _CORES)
-        # faiss's own wrapper and a context manager per call cost ~5 us of a 0.2 ms search
-        call = (self.index_.search_c, len(q), faiss.swig_ptr(q), pool, faiss.swig_ptr(scores),
-                faiss.swig_ptr(ids), kept[1])  # q: checked, C-ordered
+        # faiss's own wrapper (checks, allocations) and a context manager per call cost ~5 us of
+        # a 0.2 ms search: the C++ search is called directly (q is checked and C-ordered)
+        args = (len(q), faiss.swig_ptr(q), pool, faiss.swig_ptr(scores), faiss.swig_ptr(ids),
+                kept[1])
         if faiss.omp_get_max_threads() == threads:
-            call[0](*call[1:])
+            self.index_.search_c(*args)
         else:
             with _faiss_threads(threads):
-                call[0](*call[1:])
+                self.index_.search_c(*args)
         every = not ids.size or bool(ids.min() >= 0)
         rows = self.rows_[ids] if every else np.where(ids >= 0, self.rows_[np.maximum(ids, 0)], -1)
         if vectors is not None:
