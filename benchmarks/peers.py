@@ -24,8 +24,13 @@ per vector. sharpclip's graph is searched as a collection's reader opens it: loa
 saved file, memory-mapped (``--sharpclip-graph in-memory``: the index as built), so its RAM is
 the heap beside both mapped files; the others answer from memory as built.
 
+By default each engine is built, timed and dropped before the next is built, so engines are timed
+minutes apart and a drift of the machine between them is not shared. ``--rounds R`` (R >= 2)
+builds every engine first and keeps it (they must fit in memory together), then times them in
+turn R times; each setting's p50 and p99 are the medians of its rounds.
+
 Run: python benchmarks/peers.py [--n 250000] [--dim 512] [--queries 200] [--engines ...]
-     [--breadths 16 24 ...]
+     [--breadths 16 24 ...] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -302,6 +307,11 @@ def main() -> None:
                         help="the search breadths (efSearch / ef) every graph is swept over")
     parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
     parser.add_argument("--tmp", type=Path, default=None, help="scratch folder (default: /tmp)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="with 2 or more, every engine is built first and kept, then timed in "
+                        "turn this many times (the median of the rounds is reported), so that a "
+                        "drift of the machine reaches all alike; all engines must fit in memory "
+                        "together")
     parser.add_argument("--codec", choices=("fp16", "sq8", "flat"), default=SearchConfig.codec,
                         help="how sharpclip's graph holds the vectors (default: sharpclip's)")
     parser.add_argument("--sharpclip-graph", choices=("mapped", "in-memory"), default="mapped",
@@ -331,7 +341,18 @@ def run(args, work: Path) -> None:
           f"{time.perf_counter() - start:.0f} s", flush=True)
     print("\n| engine | setting | build s | p50 ms | p99 ms | recall@10 | RAM B/vector | "
           "disk B/vector |\n|---|---|---|---|---|---|---|---|", flush=True)
-    summary, notes = [], []
+    summary, notes, kept = [], [], []
+
+    def report(engine, rows, ram, disk):
+        for row in rows:
+            print(f"| {engine.name} | {row['setting']} | {engine.build_s:.0f} | {row['p50']:.2f} | "
+                  f"{row['p99']:.2f} | {row['recall']:.3f} | {ram:,.0f} | {disk:,.0f} |", flush=True)
+        good = [r for r in rows if r["recall"] >= args.target - 1e-9]
+        best = min(good, key=lambda r: r["p50"]) if good else max(rows, key=lambda r: r["recall"])
+        summary.append((engine.name, engine.build_s, best, ram, disk, bool(good)))
+        if engine.note:
+            notes.append(f"{engine.name}: {engine.note}")
+
     for name in args.engines:
         make, package = ENGINES[name]
         if package and importlib.util.find_spec(package) is None:
@@ -342,19 +363,27 @@ def run(args, work: Path) -> None:
         folder.mkdir()
         before = anon_bytes()
         engine = make(x, file, folder, args)
-        rows = measure(engine, queries, truth, args.k)
+        if args.rounds == 1:
+            rows = measure(engine, queries, truth, args.k)
+        else:  # timed later, in turn with the others; its RAM includes one search's
+            engine.search(queries[0], args.k, engine.settings[0])
         ram = max(0, anon_bytes() - before) / args.n
         disk = engine.disk_bytes / args.n
-        for row in rows:
-            print(f"| {engine.name} | {row['setting']} | {engine.build_s:.0f} | {row['p50']:.2f} | "
-                  f"{row['p99']:.2f} | {row['recall']:.3f} | {ram:,.0f} | {disk:,.0f} |", flush=True)
-        good = [r for r in rows if r["recall"] >= args.target - 1e-9]
-        best = min(good, key=lambda r: r["p50"]) if good else max(rows, key=lambda r: r["recall"])
-        summary.append((engine.name, engine.build_s, best, ram, disk, bool(good)))
-        if engine.note:
-            notes.append(f"{engine.name}: {engine.note}")
+        if args.rounds > 1:
+            kept.append((engine, ram, disk))
+            continue
+        report(engine, rows, ram, disk)
         del engine  # and with it the index: the next engine's RAM is its own
         shutil.rmtree(folder, ignore_errors=True)
+    timed = {engine.name: [] for engine, _, _ in kept}
+    for _ in range(args.rounds if kept else 0):
+        for engine, _, _ in kept:
+            timed[engine.name].append(measure(engine, queries, truth, args.k))
+    for engine, ram, disk in kept:  # per setting, the median of the rounds' p50 and p99
+        rounds = timed[engine.name]
+        report(engine, [{**first, "p50": float(np.median([r[i]["p50"] for r in rounds])),
+                         "p99": float(np.median([r[i]["p99"] for r in rounds]))}
+                        for i, first in enumerate(rounds[0])], ram, disk)
     print(f"\nFastest setting with recall@10 >= {args.target} per engine (else its best recall):\n")
     print("| engine | setting | p50 ms | p99 ms | recall@10 | build s | RAM B/vector | "
           "disk B/vector |\n|---|---|---|---|---|---|---|---|")
