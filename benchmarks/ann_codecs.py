@@ -16,14 +16,15 @@ The sweep over breadths is repeated ``--rounds`` times, every setting in turn wi
 so a change in the machine's load reaches them alike; a setting's p50 is the median of its
 rounds' medians. Recall@10 against exact search over all the rows.
 
-``--tune-sets S`` checks the tuner against the fresh queries: on each of S further sets of 500
-fresh vectors (the held-out sample's size), the breadth ``tune_ef_search`` chooses (its lower
-bound over the queries' effective number of trials), the breadth that counting every
-(query, neighbour) pair as an independent trial would have chosen (the rule before 2026-12-08),
-and the recall of the timed queries at each.
+``--tune-sets S`` checks the tuner against the fresh queries: on each of S further sets of
+``--tune-queries`` fresh vectors (default 500, the held-out sample's size), the breadth
+``tune_ef_search`` chooses (its lower bound over the queries' effective number of trials), the
+breadth that counting every (query, neighbour) pair as an independent trial would have chosen
+(the rule before 2026-12-08), and the recall of the timed queries at each.
 
 Run: python benchmarks/ann_codecs.py [--n 250000] [--queries 1000] [--breadths 24 32 40 48 64]
-     [--codecs fp16 sq8] [--pools 4] [--rounds 2] [--hnswlib] [--tune-sets 4] [--work DIR]
+     [--codecs fp16 sq8] [--pools 4] [--rounds 2] [--hnswlib] [--tune-sets 4 [--tune-queries 500]]
+     [--work DIR]
 """
 
 from __future__ import annotations
@@ -99,12 +100,12 @@ def full(index: AnnIndex, x: np.ndarray, k: int, pool: int | None = None):
 
 
 def tuner_check(index: AnnIndex, x: np.ndarray, queries: np.ndarray, truth: np.ndarray,
-                sets: int, k: int) -> list[str]:
-    """Table rows: per set of fresh vectors, the breadth the tuner chooses and the one the
-    all-pairs rule would have, each with the recall of ``queries`` there."""
+                sets: int, size: int, k: int) -> list[str]:
+    """Table rows: per set of ``size`` fresh vectors, the breadth the tuner chooses and the one
+    the all-pairs rule would have, each with the recall of ``queries`` there."""
     out = []
     for seed in range(100, 100 + sets):
-        held = mixture(TUNE_QUERIES, x.shape[1], seed, 5000)
+        held = mixture(size, x.shape[1], seed, 5000)
         chosen = tune_ef_search(index, x, held, DEFAULT_RECALL, k)
         held_truth = exact_topk(x, held, k)[1]
         all_pairs = None
@@ -158,6 +159,8 @@ def main() -> None:
     parser.add_argument("--hnswlib", action="store_true", help="add hnswlib as a reference")
     parser.add_argument("--tune-sets", type=int, default=0,
                         help="check the tuner on this many sets of fresh held-out vectors")
+    parser.add_argument("--tune-queries", type=int, default=TUNE_QUERIES,
+                        help="vectors per set (default: as many as the tuner holds out)")
     parser.add_argument("--work", type=Path, default=None,
                         help="keep the data and the graphs here, reused by the next run")
     args = parser.parse_args()
@@ -180,7 +183,8 @@ def run(args, work: Path) -> None:
     settings, checks = {}, []
     for codec in args.codecs:
         index = built(codec, x, work, args.m, args.ef_construction)
-        checks += tuner_check(index, x, queries, truth, args.tune_sets, args.k)
+        checks += tuner_check(index, x, queries, truth, args.tune_sets, args.tune_queries,
+                              args.k)
         settings[f"{codec} walk"] = walk(index, args.k)
         settings[f"{codec} search"] = full(index, x, args.k)
         for pool in args.pools:
@@ -214,7 +218,7 @@ def run(args, work: Path) -> None:
             print(f"| {name} | {ef} | {np.median(rounds):.3f} | "
                   f"{' '.join(f'{r:.3f}' for r in rounds)} | {recalls[name, ef]:.3f} |")
     if checks:
-        print(f"\nThe tuner on {TUNE_QUERIES} fresh vectors per set, target {DEFAULT_RECALL}, "
+        print(f"\nThe tuner on {args.tune_queries} fresh vectors per set, target {DEFAULT_RECALL}, "
               f"and the recall of the {args.queries} timed queries at the breadth chosen:\n\n"
               "| codec | set (seed) | tuner's efSearch (held-out recall, bound, trials) | "
               "recall of the timed queries | all-pairs rule's efSearch | recall of the timed "
