@@ -363,7 +363,7 @@ def _faiss_threads(n: int) -> Iterator[None]:
 # codec. 8-bit codes: at 1M x 512 (1,000 queries, efSearch 32-256) 4 and 2 gave the recall@10 of
 # 16 to the third decimal, 4 in 0.94x (efSearch 48) to 0.85x (128) of its time. fp16 codes rank
 # as float32 does (at 1M x 512, efSearch 32-56, 4 x k re-scored gave the recall of k to the third
-# decimal for 7-19 us more; ``benchmarks/ann_codecs.py --pools 4``, 2026-12-08), so only the k
+# decimal for 7-20 us more; ``benchmarks/ann_codecs.py --pools 4``, 2026-12-08), so only the k
 # results are re-scored, for exact scores; likewise a float32 graph, where re-scoring guards
 # against a damaged index. The tuner measures with the same pool.
 RERANK_POOL = {"sq8": 4, "fp16": 1, "flat": 1}
