@@ -34,7 +34,8 @@ from sharpclip.store.search_index import AnnIndex, exact_topk
 
 DEFAULT_RECALL = 0.95
 # Held-out vectors per tuning (at most a tenth of those added): 500 measure recall@10 ~0.95 to
-# about ±0.003 (one standard error; 200 gave ±0.005, the size of a step between breadths).
+# about ±0.01 (one standard error: the per-query recalls spread by ~0.2, see effective_trials);
+# 1,000 chose no smaller breadths at 1M (benchmarks/ann_codecs.py --tune-queries, 2026-12-08).
 TUNE_QUERIES = 500
 # Search breadths tried, smallest first; each step costs ~1.1-1.25x the previous one, so the
 # breadth chosen is within about a tenth of the smallest that meets the target (at 1M rows
