@@ -73,14 +73,14 @@ def built(codec: str, x: np.ndarray, work: Path, m: int, ef_construction: int) -
 
 
 def walk(index: AnnIndex, k: int):
-    """faiss's search of the graph alone: k results by the codes' scores."""
+    """faiss's search of the graph alone: k results by the codes' scores, with the search
+    parameters ``AnnIndex.search`` keeps per breadth (made once, not per query)."""
     scores, ids = np.empty((1, k), np.float32), np.empty((1, k), np.int64)
 
     def search(q, ef):
-        params = faiss.SearchParametersHNSW()
-        params.efSearch = ef
+        kept = index._search_params(ef)  # held while faiss runs, as AnnIndex.search does
         index.index_.search_c(1, faiss.swig_ptr(q[None]), k, faiss.swig_ptr(scores),
-                              faiss.swig_ptr(ids), params)
+                              faiss.swig_ptr(ids), kept[1])
         return index.rows_[ids[0]]
     return search
 

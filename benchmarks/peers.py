@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 from search import mixture
 
-from sharpclip.store.search_index import AnnIndex, SearchConfig, exact_topk
+from sharpclip.store.search_index import CODECS, AnnIndex, SearchConfig, exact_topk
 from sharpclip.store.tuning import add_tuned, recall_at_k
 
 BREADTHS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384)
@@ -312,7 +312,7 @@ def main() -> None:
                         "turn this many times (the median of the rounds is reported), so that a "
                         "drift of the machine reaches all alike; all engines must fit in memory "
                         "together")
-    parser.add_argument("--codec", choices=("fp16", "sq8", "flat"), default=SearchConfig.codec,
+    parser.add_argument("--codec", choices=CODECS, default=SearchConfig.codec,
                         help="how sharpclip's graph holds the vectors (default: sharpclip's)")
     parser.add_argument("--sharpclip-graph", choices=("mapped", "in-memory"), default="mapped",
                         help="sharpclip's graph searched as a collection's reader opens it "
@@ -342,6 +342,7 @@ def run(args, work: Path) -> None:
     print("\n| engine | setting | build s | p50 ms | p99 ms | recall@10 | RAM B/vector | "
           "disk B/vector |\n|---|---|---|---|---|---|---|---|", flush=True)
     summary, notes, kept = [], [], []
+    in_rounds = args.rounds > 1
 
     def report(engine, rows, ram, disk):
         for row in rows:
@@ -363,20 +364,20 @@ def run(args, work: Path) -> None:
         folder.mkdir()
         before = anon_bytes()
         engine = make(x, file, folder, args)
-        if args.rounds == 1:
-            rows = measure(engine, queries, truth, args.k)
-        else:  # timed later, in turn with the others; its RAM includes one search's
+        if in_rounds:  # timed later, in turn with the others; its RAM includes one search's
             engine.search(queries[0], args.k, engine.settings[0])
+        else:
+            rows = measure(engine, queries, truth, args.k)
         ram = max(0, anon_bytes() - before) / args.n
         disk = engine.disk_bytes / args.n
-        if args.rounds > 1:
+        if in_rounds:
             kept.append((engine, ram, disk))
             continue
         report(engine, rows, ram, disk)
         del engine  # and with it the index: the next engine's RAM is its own
         shutil.rmtree(folder, ignore_errors=True)
     timed = {engine.name: [] for engine, _, _ in kept}
-    for _ in range(args.rounds if kept else 0):
+    for _ in range(args.rounds if in_rounds else 0):
         for engine, _, _ in kept:
             timed[engine.name].append(measure(engine, queries, truth, args.k))
     for engine, ram, disk in kept:  # per setting, the median of the rounds' p50 and p99

@@ -16,12 +16,12 @@ of discrete clusters about as many as its lists. IVF builds faster (38 s vs 380 
 delete natively, but it also needs a trained quantizer that goes stale as a collection grows,
 while HNSW grows by insertion. Deletion in HNSW is a mask (see ``AnnIndex.remove``).
 
-The graph holds 8-bit codes of the vectors by default (``SearchConfig.codec``): ~1/4 of a float32
-copy's memory on top of the collection's memory-mapped file (799 against ~2,430 B/vector at
-d=512, ``benchmarks/peers.py``); its beam is re-ranked exactly from the float32 vectors, so scores
-and order are exact for the candidates it finds. Its search breadth is tuned per collection
+The graph holds half-precision codes of the vectors by default (``SearchConfig.codec``): half a
+float32 copy's bytes (1,024 B/vector at d=512) beside the collection's own float32 file. Its best
+candidates by their codes' scores (``RERANK_POOL``) are scored again exactly from the float32
+vectors, so every score returned is exact. Its search breadth is tuned per collection
 (``store.tuning``). A reader maps the saved graph from its file (``AnnIndex.load(mmap=True)``):
-then its heap holds ~21 B/vector of it and the OS pages the rest.
+then its heap holds ~21-32 B/vector of it and the OS pages the rest.
 
 Example::
 
